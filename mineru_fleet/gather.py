@@ -1,0 +1,67 @@
+"""Gather preflight facts from live hosts through pyinfra (SSH, @local, ...), no deploy needed.
+
+Example::
+
+    >>> results = gather("@local")  # doctest: +SKIP
+    >>> results["@local"].files["os.txt"][:11]  # doctest: +SKIP
+    'PRETTY_NAME'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .settings import DEFAULTS
+
+
+@dataclass
+class Gathered:
+    host: str
+    files: dict[str, str] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def host_paths(data: dict[str, Any]) -> list[str]:
+    """The paths whose free space the plan checks: install_dir and state_dir."""
+    return [data.get("install_dir", DEFAULTS["install_dir"]), data.get("state_dir", DEFAULTS["state_dir"])]
+
+
+def gather(inventory_arg: str, override_data: dict[str, Any] | None = None) -> dict[str, Gathered]:
+    """Connect to every host of an inventory (file, host list or @local) and run ``PreflightFiles``.
+
+    Unreachable hosts come back with ``error`` set instead of raising.
+    """
+    from pyinfra.api import Config, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.state import StateStage
+    from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    from roles.facts import PreflightFiles
+
+    state = State(check_for_changes=False)
+    config = Config()
+    ctx_config.set(config)
+    inventory = make_inventory(inventory_arg, cwd=os.getcwd(), override_data=override_data)
+    ctx_inventory.set(inventory)
+    state.init(inventory, config)
+    ctx_state.set(state)
+    state.set_stage(StateStage.Connect)
+    connect_all(state)
+    state.set_stage(StateStage.Prepare)
+    results: dict[str, Gathered] = {}
+    for host in inventory:
+        data = dict(host.data.dict()) if hasattr(host.data, "dict") else {}
+        if not host.connected:
+            results[host.name] = Gathered(host.name, data=data, error="unreachable: could not connect (check the address, SSH user and key)")
+            continue
+        with ctx_host.use(host):
+            files = host.get_fact(PreflightFiles, paths=host_paths(data))
+        if not files or "os.txt" not in files:
+            results[host.name] = Gathered(host.name, data=data, error="the preflight fact returned no output")
+            continue
+        results[host.name] = Gathered(host.name, files=files, data=data)
+    return results
