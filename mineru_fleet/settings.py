@@ -61,6 +61,9 @@ class Settings(BaseModel):
     # --- model -----------------------------------------------------------------------------
     model_id: str = Field(DEFAULT_MODEL_ID, description="ModelScope model id.")
     model_revision: str = Field("master", description="Model revision (a commit or tag; a branch moves).")
+    model_local_source: str | None = Field(
+        None, description="A model folder on the controller to copy to hosts instead of fetching (sandbox, tests)."
+    )
     model_dir: str | None = Field(
         None, description="Model folder on the host; default /var/lib/mineru-fleet/models/<model_id>/<revision>."
     )

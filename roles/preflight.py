@@ -1,0 +1,60 @@
+"""Preflight role: gather facts, validate the inventory data and plan the servers of this host.
+
+Changes nothing on the host. Any error (bad variable, missing driver, impossible GPU layout,
+full disk) is raised while pyinfra prepares, so no host of the run is touched.
+
+Example (deploy.py)::
+
+    from roles.preflight import preflight
+    plan = preflight()
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api.exceptions import PyinfraError
+
+from mineru_fleet import modelinfo
+from mineru_fleet.gather import host_paths
+from mineru_fleet.hostfacts import FactsError, build_host_facts
+from mineru_fleet.planner import Plan, PlanError, plan
+from mineru_fleet.render import errors_text, plan_text
+from mineru_fleet.settings import Settings, SettingsError, load_settings
+from roles.facts import PreflightFiles
+
+
+class PreflightError(PyinfraError):
+    """A host cannot be deployed as its inventory asks; the message says why and how to fix it."""
+
+
+def host_settings() -> Settings:
+    """This host's validated inventory data."""
+    try:
+        return load_settings(host.data.dict(), host.name)
+    except SettingsError as e:
+        raise PreflightError(f"{host.name}: bad inventory data:\n" + "\n".join(f"  {p}" for p in e.problems)) from None
+
+
+def model_facts(settings: Settings) -> modelinfo.ModelFacts:
+    """Model figures from the controller's copy when there is one, else the built-in profile."""
+    if settings.model_local_source and Path(settings.model_local_source, "config.json").is_file():
+        return modelinfo.from_model_dir(Path(settings.model_local_source), settings.model_id)
+    return modelinfo.builtin_profile(settings.model_id)
+
+
+def preflight(show: bool = True) -> Plan:
+    """Gather this host's facts and return its plan; raise ``PreflightError`` if it cannot be served."""
+    settings = host_settings()
+    files = host.get_fact(PreflightFiles, paths=host_paths(host.data.dict()))
+    try:
+        facts = build_host_facts(host.name, files or {})
+        p = plan(facts, settings, model_facts(settings))
+    except FactsError as e:
+        raise PreflightError(f"{host.name}: could not read the host's facts: {e}") from None
+    except PlanError as e:
+        raise PreflightError(errors_text(e)) from None
+    if show:
+        print(plan_text(p), flush=True)
+    return p
