@@ -6,6 +6,15 @@ Roles run in order; each is one function in roles/. The preflight plans every ho
 host is changed (an error on one host stops the whole run).
 """
 
-from roles.preflight import preflight
+from roles.model import model
+from roles.preflight import host_settings, preflight
+from roles.runtime import runtime
+from roles.service import service
+from roles.verify import verify
 
 plan = preflight()
+settings = host_settings()
+runtime_changes = runtime(plan, settings)
+model_changes = model(plan, settings)
+started = service(plan, settings, restart_triggers=runtime_changes + model_changes)
+verify(plan, settings, started)

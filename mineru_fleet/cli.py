@@ -59,9 +59,13 @@ def cmd_plan(args) -> int:
             return EXIT_BAD_INPUT
         hosts.append((facts.host, facts, data))
     else:
-        from .gather import gather
+        from .gather import GatherError, gather
 
-        gathered = gather(args.host)
+        try:
+            gathered = gather(args.host)
+        except GatherError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         for name, g in gathered.items():
             if g.error:
                 print(f"error: {name}: {g.error}", file=sys.stderr)
@@ -103,13 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="with --host: write the gathered facts in the fixtures' format")
     p.add_argument("--model-dir", metavar="DIR", help="read model figures from a local model folder (config.json, safetensors)")
     p.set_defaults(func=cmd_plan)
-    s = sub.add_parser("sandbox", help="throwaway systemd hosts on this machine (root): up [N] | status | down")
+    s = sub.add_parser("sandbox", help="throwaway systemd hosts on this machine (root): run | up [N] | status | down")
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(func=lambda a: _sandbox(a.rest))
     return ap
 
 
 def _sandbox(rest: list[str]) -> int:
+    if rest[:1] == ["run"]:
+        from . import quickstart
+
+        return quickstart.main(rest[1:])
     from . import sandbox
 
     return sandbox.main(rest) or 0

@@ -16,6 +16,10 @@ from typing import Any
 from .settings import DEFAULTS
 
 
+class GatherError(RuntimeError):
+    pass
+
+
 @dataclass
 class Gathered:
     host: str
@@ -43,12 +47,15 @@ def gather(inventory_arg: str, override_data: dict[str, Any] | None = None) -> d
     from roles.facts import PreflightFiles
 
     state = State(check_for_changes=False)
+    ctx_state.set(state)
     config = Config()
     ctx_config.set(config)
-    inventory = make_inventory(inventory_arg, cwd=os.getcwd(), override_data=override_data)
+    try:
+        inventory = make_inventory(inventory_arg, cwd=os.getcwd(), override_data=override_data)
+    except Exception as e:  # a broken inventory file: say which and why, no traceback
+        raise GatherError(f"cannot load inventory {inventory_arg!r}: {e}") from None
     ctx_inventory.set(inventory)
     state.init(inventory, config)
-    ctx_state.set(state)
     state.set_stage(StateStage.Connect)
     connect_all(state)
     state.set_stage(StateStage.Prepare)

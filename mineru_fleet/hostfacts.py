@@ -120,12 +120,16 @@ class OsInfo:
 
 @dataclass(frozen=True)
 class NetInfo:
+    """``default_iface`` is the default route's interface, or, on a host without a default route,
+    its only interface with a directly connected IPv4 subnet (``iface_from_default_route`` False)."""
+
     default_iface: str | None
     default_ipv4: str | None
     interfaces: tuple[str, ...]
     hostname: str | None
     hostname_resolves: bool
     hostname_addresses: tuple[str, ...]
+    iface_from_default_route: bool = True
 
     @property
     def hostname_is_loopback(self) -> bool:
@@ -291,6 +295,11 @@ def default_route(routes: tuple[Route, ...]) -> Route | None:
     return min(defaults, key=lambda r: r.metric) if defaults else None
 
 
+def _only_connected_iface(routes: tuple[Route, ...]) -> str | None:
+    ifaces = {r.iface for r in routes if r.gateway == "0.0.0.0" and r.mask != "0.0.0.0" and r.iface != "lo"}
+    return ifaces.pop() if len(ifaces) == 1 else None
+
+
 def parse_fib_trie_locals(text: str) -> tuple[str, ...]:
     """Local (host) addresses from ``/proc/net/fib_trie``: the lines before ``/32 host LOCAL``."""
     found: list[str] = []
@@ -331,7 +340,8 @@ def parse_net(extra: dict[str, tuple[int, str]], os_text: str = "") -> NetInfo:
     hi = find_section(extra, "hostname -I")
     if hi and hi[0] == 0:
         candidates += [a for a in hi[1].split() if "." in a and a not in candidates]
-    ip = iface_ipv4(dr.iface, routes, tuple(candidates)) if dr else None
+    iface = dr.iface if dr else _only_connected_iface(routes)
+    ip = iface_ipv4(iface, routes, tuple(candidates)) if iface else None
     ifaces_sec = find_section(extra, "/sys/class/net")
     interfaces = tuple(ifaces_sec[1].split()) if ifaces_sec and ifaces_sec[0] == 0 else ()
     hn = extra.get("hostname")
@@ -341,7 +351,8 @@ def parse_net(extra: dict[str, tuple[int, str]], os_text: str = "") -> NetInfo:
     if gh and gh[0] == 0:
         addrs = tuple(line.split()[0] for line in gh[1].splitlines() if line.split())
     return NetInfo(
-        default_iface=dr.iface if dr else None,
+        default_iface=iface,
+        iface_from_default_route=dr is not None,
         default_ipv4=ip,
         interfaces=interfaces,
         hostname=hostname,

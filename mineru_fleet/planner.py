@@ -204,7 +204,8 @@ def _network_env(facts: HostFacts, profile: str, rows: list[Row], warnings: list
     env: dict[str, str] = {}
     iface, ip = facts.net.default_iface, facts.net.default_ipv4
     if iface:
-        why = f"the default route's interface (from /proc/net/route); Gloo{'/NCCL' if profile == 'cuda' else ''} would otherwise guess"
+        src = "the default route's interface" if facts.net.iface_from_default_route else "no default route: the only connected interface"
+        why = f"{src} (from /proc/net/route); Gloo{'/NCCL' if profile == 'cuda' else ''} would otherwise guess"
         env["GLOO_SOCKET_IFNAME"] = iface
         rows.append(Row("GLOO_SOCKET_IFNAME", iface, why))
         if profile == "cuda":

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 DEFAULT_MODEL_ID = "OpenDataLab/MinerU2.5-2509-1.2B"
 
 # Data keys that belong to pyinfra or to its connectors, not to us: never "unknown variables".
-FOREIGN_PREFIXES = ("ssh_", "winrm_", "docker_", "podman_", "chroot_", "local_", "terraform_", "vagrant_", "_")
+FOREIGN_PREFIXES = ("ssh_", "winrm_", "docker_", "podman_", "chroot_", "local_", "terraform_", "vagrant_", "sandbox_", "_")
 FOREIGN_KEYS = {"controller_ip"}
 
 

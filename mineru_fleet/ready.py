@@ -1,0 +1,85 @@
+"""Readiness gate for one server, stdlib only: it runs on the host (ExecStartPost, verify role)
+and on the controller (rollouts).
+
+    mineru-fleet-ready [--url http://127.0.0.1:30000] [--timeout 900] [--chat]
+
+Ready means: ``/v1/models`` lists exactly one model (what ``mineru -b vlm-http-client`` expects)
+and, with ``--chat``, one tiny chat completion succeeds. ``/health`` alone is not enough: it can
+answer 200 before the model serves (vllm issue 15313). Without ``--url`` the port comes from the
+``MINERU_VLLM_ARGS`` of the unit's environment file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def url_from_env(env: dict[str, str] | None = None) -> str:
+    """http://127.0.0.1:PORT from the ``--port`` in MINERU_VLLM_ARGS (30000 when absent)."""
+    args = shlex.split((env or os.environ).get("MINERU_VLLM_ARGS", ""))
+    port = args[args.index("--port") + 1] if "--port" in args else "30000"
+    return f"http://127.0.0.1:{port}"
+
+
+def _get(url: str, timeout: float) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, body: dict, timeout: float) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def check_once(base: str, chat: bool, timeout: float = 30) -> tuple[bool, str]:
+    """One probe: (ready, what was seen)."""
+    try:
+        models = [m["id"] for m in _get(f"{base}/v1/models", timeout).get("data", [])]
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return False, f"/v1/models: {e}"
+    if len(models) != 1:
+        return False, f"/v1/models lists {models}: expected exactly one model"
+    if chat:
+        body = {"model": models[0], "messages": [{"role": "user", "content": "ping"}], "max_tokens": 2, "temperature": 0}
+        try:
+            out = _post(f"{base}/v1/chat/completions", body, timeout)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            return False, f"chat completion: {e}"
+        if not out.get("choices"):
+            return False, f"chat completion returned no choices: {out}"
+    return True, f"model {models[0]} serves" + (" and answers" if chat else "")
+
+
+def wait_ready(base: str, timeout: float, chat: bool, interval: float = 2.0) -> tuple[bool, str, float]:
+    """Probe until ready or ``timeout`` seconds pass: (ready, last message, seconds waited)."""
+    t0 = time.monotonic()
+    while True:
+        ok, msg = check_once(base, chat)
+        waited = time.monotonic() - t0
+        if ok or waited >= timeout:
+            return ok, msg, waited
+        time.sleep(interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", default=None, help="server base URL (default: from MINERU_VLLM_ARGS)")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--chat", action="store_true", help="also require one chat completion")
+    a = ap.parse_args(argv)
+    base = a.url or url_from_env()
+    ok, msg, waited = wait_ready(base, a.timeout, a.chat)
+    print(f"{'ready' if ok else 'NOT ready'} after {waited:.1f}s: {base}: {msg}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Runtime role: the service user and a uv-managed venv per release, from the profile's lock.
+
+    /opt/mineru-fleet/releases/<profile>-<lock digest>/venv     one folder per lock (kept for rollback)
+    /opt/mineru-fleet/current -> releases/<id>                   what the unit runs
+    /opt/mineru-fleet/bin/{uv, mineru-fleet-ready, mineru-fleet-gpucheck}
+
+A release is installed once: a rerun with the same lock installs nothing. A new lock makes a new
+release folder; ``current`` moves only after the install (and, on CUDA hosts, the GPU check)
+succeeded, so a failed upgrade leaves the previous release serving.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import files, server
+
+from mineru_fleet.locks import lock_path
+from mineru_fleet.planner import Plan
+from mineru_fleet.settings import Settings
+from mineru_fleet.units import paths
+from mineru_fleet.wheelhouse import release_id
+
+PKG = Path(__file__).resolve().parents[1] / "mineru_fleet"
+COMPLETE = ".mineru-fleet-complete"
+CUDA_NCCL = "2.27.3"  # nvidia-nccl-cu12 pinned by locks/cuda.txt (torch 2.8.0)
+
+
+def controller_uv() -> str:
+    """The uv binary shipped to hosts (the project's own, pinned by uv.lock)."""
+    here = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "uv"
+    found = str(here) if here.is_file() else shutil.which("uv")
+    if not found:
+        raise RuntimeError("no uv binary on the controller: run `uv sync` first")
+    return found
+
+
+def install_command(venv: str, lock: str, uv: str, settings: Settings) -> str:
+    """Shell that (re)builds ``venv`` from ``lock`` with uv, offline when a find-links URL is set."""
+    source = (
+        f"--no-index --find-links {settings.wheel_find_links}" if settings.wheel_find_links else "--index-url https://pypi.org/simple"
+    )
+    return (
+        f"set -e; rm -rf {venv}; "
+        f"UV_CACHE_DIR={settings.install_dir}/uv-cache UV_LINK_MODE=copy {uv} venv --quiet --python /usr/bin/python3 {venv} && "
+        f"UV_CACHE_DIR={settings.install_dir}/uv-cache UV_LINK_MODE=copy {uv} pip sync --quiet --python {venv}/bin/python {source} {lock}"
+    )
+
+
+@deploy("Runtime")
+def runtime(plan: Plan, settings: Settings) -> list:
+    """Install the release of this plan's profile; returns the operations whose change means "restart"."""
+    p = paths(settings)
+    rid = release_id(plan.profile)
+    rel = f"{p['releases']}/{rid}"
+    venv = f"{rel}/venv"
+    user = settings.service_user
+
+    server.group(name=f"Group {user}", group=user, system=True)
+    server.user(
+        name=f"User {user} (system, no login)",
+        user=user, group=user, system=True, shell="/usr/sbin/nologin", home=f"{settings.state_dir}/home",
+        create_home=False, ensure_home=False,
+    )
+    for d in (settings.install_dir, p["releases"], p["bin_dir"], rel):
+        files.directory(name=f"Directory {d}", path=d, user="root", group="root", mode="755")
+    files.put(name="uv binary", src=controller_uv(), dest=f"{p['bin_dir']}/uv", mode="755")
+    files.put(name="Readiness gate", src=str(PKG / "ready.py"), dest=f"{p['bin_dir']}/mineru-fleet-ready", mode="755")
+    files.put(name="GPU check", src=str(PKG / "gpucheck.py"), dest=f"{p['bin_dir']}/mineru-fleet-gpucheck", mode="755")
+    files.put(name=f"Lock {plan.profile}", src=str(lock_path(plan.profile)), dest=f"{rel}/lock.txt", mode="644")
+
+    changes = []
+    if not host.get_fact(File, path=f"{venv}/{COMPLETE}"):
+        steps = install_command(venv, f"{rel}/lock.txt", f"{p['bin_dir']}/uv", settings)
+        if plan.profile == "cuda":
+            gpus = sorted({i for s in plan.servers for i in (s.cuda_visible_devices or "").split(",") if i})
+            steps += (
+                f" && CUDA_VISIBLE_DEVICES={','.join(gpus)} {venv}/bin/python {p['bin_dir']}/mineru-fleet-gpucheck"
+                f" --expect-gpus {len(gpus)} --expect-nccl {CUDA_NCCL}"
+            )
+        steps += f" && {venv}/bin/python -c 'import vllm' && touch {venv}/{COMPLETE}"
+        changes.append(server.shell(name=f"Install release {rid} ({plan.profile})", commands=[steps]))
+
+    link = files.link(name=f"Current release -> {rid}", path=p["current"], target=rel, force=True, force_backup=False)
+    return changes + [link]

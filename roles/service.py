@@ -1,0 +1,67 @@
+"""Service role: the template unit mineru-vllm@.service and one environment file per planned server.
+
+Restarts a server only when its environment file, the unit, the runtime release or the model
+changed; reloads systemd only when the unit file changed; stops and disables instances the plan
+no longer has.
+"""
+
+from __future__ import annotations
+
+import io
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import FindFiles
+from pyinfra.facts.systemd import SystemdStatus
+from pyinfra.operations import files, systemd
+
+from mineru_fleet.planner import Plan
+from mineru_fleet.settings import Settings
+from mineru_fleet.units import ENV_DIR, UNIT_NAME, env_file_path, render_env_file, render_unit
+
+
+def instance(name: str) -> str:
+    return f"mineru-vllm@{name}.service"
+
+
+@deploy("Service")
+def service(plan: Plan, settings: Settings, restart_triggers: list) -> list:
+    """Install and (re)start every planned server; returns the operations that (re)started one."""
+    user = settings.service_user
+    files.directory(name="Config folder", path=ENV_DIR, user="root", group="root", mode="755")
+    for d in (settings.state_dir, f"{settings.state_dir}/cache"):
+        files.directory(name=f"Directory {d}", path=d, user="root", group="root", mode="755")
+    files.directory(name="Service home", path=f"{settings.state_dir}/home", user=user, group=user, mode="700")
+    unit = files.put(
+        name=f"Unit {UNIT_NAME}", src=io.StringIO(render_unit(plan, settings)), dest=f"/etc/systemd/system/{UNIT_NAME}",
+        user="root", group="root", mode="644",
+    )
+    systemd.daemon_reload(name="systemd daemon-reload (unit changed)", _if=unit.did_change)
+
+    status = host.get_fact(SystemdStatus) or {}
+    started = []
+    for sv in plan.servers:
+        files.directory(name=f"Cache of server {sv.name}", path=f"{settings.state_dir}/cache/{sv.name}", user=user, group=user, mode="700")
+        env = files.put(
+            name=f"Environment of server {sv.name}", src=io.StringIO(render_env_file(sv, host.name)), dest=env_file_path(sv),
+            user="root", group="root", mode="600",
+        )
+        was_running = bool(status.get(instance(sv.name)))
+        triggers = [unit, env, *restart_triggers]
+        started.append(
+            systemd.service(
+                name=f"Restart server {sv.name} (its unit, env, runtime or model changed)", service=instance(sv.name),
+                restarted=True, _if=lambda t=triggers, w=was_running: w and any(op.did_change() for op in t),
+            )
+        )
+        started.append(systemd.service(name=f"Server {sv.name} enabled and running", service=instance(sv.name), running=True, enabled=True))
+
+    # instances the plan no longer has
+    planned = {env_file_path(sv) for sv in plan.servers}
+    for path in host.get_fact(FindFiles, path=ENV_DIR, fname="mineru-vllm@*.env") or []:
+        if path in planned:
+            continue
+        name = path.rsplit("@", 1)[1].removesuffix(".env")
+        systemd.service(name=f"Stop server {name} (no longer planned)", service=instance(name), running=False, enabled=False)
+        files.file(name=f"Remove environment of server {name}", path=path, present=False)
+    return started

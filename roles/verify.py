@@ -1,0 +1,39 @@
+"""Verify role: the readiness gate after a (re)start, per server.
+
+Active, port listening, ``/v1/models`` lists the served model and one chat completion succeeds,
+within a retry budget; otherwise the host fails with the journal's last lines. Runs only when the
+service role (re)started something, so an unchanged host stays unchanged.
+"""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+from pyinfra.operations import server
+
+from mineru_fleet.planner import Plan
+from mineru_fleet.settings import Settings
+from mineru_fleet.units import paths
+
+READY_TIMEOUT_S = 600
+
+
+def gate_command(name: str, port: int, settings: Settings) -> str:
+    """Shell for one server's readiness gate (exit 1 and print the journal when not ready)."""
+    p = paths(settings)
+    unit = f"mineru-vllm@{name}.service"
+    return (
+        f"systemctl is-active --quiet {unit} && "
+        f"{p['current']}/venv/bin/python {p['bin_dir']}/mineru-fleet-ready --url http://127.0.0.1:{port} --chat --timeout {READY_TIMEOUT_S}"
+        f" || {{ echo '{unit} is not ready; its journal:'; systemctl status --no-pager {unit} | head -5; "
+        f"journalctl -u {unit} -n 40 --no-pager; exit 1; }}"
+    )
+
+
+@deploy("Verify")
+def verify(plan: Plan, settings: Settings, started: list) -> None:
+    for sv in plan.servers:
+        server.shell(
+            name=f"Readiness gate of server {sv.name} (port {sv.port})",
+            commands=[gate_command(sv.name, sv.port, settings)],
+            _if=lambda ops=started: any(op.did_change() for op in ops),
+        )
