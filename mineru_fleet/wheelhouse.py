@@ -108,7 +108,7 @@ def _norm_version(v: str) -> str:
         from packaging.version import Version
 
         return str(Version(v))
-    except Exception:  # pragma: no cover - packaging is a pyinfra dependency
+    except (ImportError, ValueError):  # pragma: no cover - packaging is a pyinfra dependency
         return v.lower()
 
 
@@ -153,7 +153,7 @@ def _pip_download(pin: Pin, dest: Path, profile_name: str, index_url: str, pytho
         cert = os.environ.get("PIP_CERT")  # --isolated drops PIP_CERT; keep a configured CA bundle
         if cert:
             cmd += ["--cert", cert]
-        return subprocess.run(cmd, capture_output=True, text=True)
+        return subprocess.run(cmd, capture_output=True, text=True, check=False)
 
 
 def ensure_wheelhouse(

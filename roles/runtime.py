@@ -46,8 +46,8 @@ def install_command(venv: str, lock: str, uv: str, settings: Settings) -> str:
     )
     return (
         f"set -e; rm -rf {venv}; "
-        f"UV_CACHE_DIR={settings.install_dir}/uv-cache UV_LINK_MODE=copy {uv} venv --quiet --python /usr/bin/python3 {venv} && "
-        f"UV_CACHE_DIR={settings.install_dir}/uv-cache UV_LINK_MODE=copy {uv} pip sync --quiet --python {venv}/bin/python {source} {lock}"
+        f"UV_NO_CACHE=1 {uv} venv --quiet --python /usr/bin/python3 {venv} && "
+        f"UV_NO_CACHE=1 {uv} pip sync --quiet --python {venv}/bin/python {source} {lock}"
     )
 
 

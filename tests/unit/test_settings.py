@@ -45,3 +45,12 @@ def test_data_args_use_inventory_names_and_types():
     assert d == {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.3, "gpus": [0, 1], "vllm_use_v1": True, "host": "127.0.0.1"}
     with pytest.raises(SettingsError):
         parse_data_args(["novalue"])
+
+
+def test_readme_documents_every_variable_with_its_default():
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        assert f"| `{name}` | `{default!r}` |" in readme, f"README's variable table lacks {name} (default {default!r})"

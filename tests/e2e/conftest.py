@@ -1,0 +1,50 @@
+"""Session set-up for the end-to-end suite: sandbox hosts up, tiny model, wheelhouse, one deploy.
+
+Hosts come from the pyinfra inventory that `sandbox up` writes (inventory/sandbox.py); each test
+reaches them with testinfra over SSH (connection reuse through the sandbox's ssh_config).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import testinfra
+
+from mineru_fleet import modelinfo, quickstart, sandbox
+from mineru_fleet.gather import gather
+from mineru_fleet.hostfacts import build_host_facts
+from mineru_fleet.planner import plan
+from mineru_fleet.settings import load_settings
+
+N_HOSTS = int(os.environ.get("MINERU_FLEET_E2E_HOSTS", "2"))
+
+
+@pytest.fixture(scope="session")
+def hosts() -> list[sandbox.SandboxHost]:
+    """Sandbox hosts with the deploy applied (idempotent: a deployed host is left as it is)."""
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end suite needs root (systemd-nspawn sandbox hosts)")
+    hs = quickstart.prepare(N_HOSTS)
+    r = quickstart.deploy()
+    assert r.returncode == 0, "pyinfra inventory/sandbox.py deploy.py failed (see its output above)"
+    return hs
+
+
+@pytest.fixture(scope="session")
+def plans(hosts):
+    """The plan of each host (by IP), from facts gathered live, as the deploy computed it."""
+    out = {}
+    for name, g in gather(str(quickstart.INVENTORY)).items():
+        assert g.error is None, g.error
+        s = load_settings(g.data, name)
+        model = modelinfo.from_model_dir(quickstart.MODEL_DIR, s.model_id)
+        out[name] = plan(build_host_facts(name, g.files), s, model)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ti(hosts):
+    """testinfra host per IP."""
+    cfg = sandbox.default_config()
+    return {h.ip: testinfra.get_host(f"ssh://root@{h.ip}", ssh_config=str(cfg.run / "ssh_config")) for h in hosts}
