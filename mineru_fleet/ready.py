@@ -1,7 +1,7 @@
 """Readiness gate for one server, stdlib only: it runs on the host (ExecStartPost, verify role)
 and on the controller (rollouts).
 
-    mineru-fleet-ready [--url http://127.0.0.1:30000] [--timeout 900] [--chat]
+    mineru-fleet-ready [--url http://127.0.0.1:30000] [--timeout 900] [--chat] [--pid $MAINPID]
 
 Ready means: ``/v1/models`` lists exactly one model (what ``mineru -b vlm-http-client`` expects)
 and, with ``--chat``, one tiny chat completion succeeds. ``/health`` alone is not enough: it can
@@ -58,14 +58,32 @@ def check_once(base: str, chat: bool, timeout: float = 30) -> tuple[bool, str]:
     return True, f"model {models[0]} serves" + (" and answers" if chat else "")
 
 
-def wait_ready(base: str, timeout: float, chat: bool, interval: float = 2.0) -> tuple[bool, str, float]:
-    """Probe until ready or ``timeout`` seconds pass: (ready, last message, seconds waited)."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_ready(
+    base: str, timeout: float, chat: bool, interval: float = 2.0, pid: int | None = None
+) -> tuple[bool, str, float]:
+    """Probe until ready or ``timeout`` seconds pass: (ready, last message, seconds waited).
+
+    With ``pid`` (the server's main PID), give up as soon as that process is gone: a server that
+    crashed while loading fails its start at once instead of after the whole timeout.
+    """
     t0 = time.monotonic()
     while True:
         ok, msg = check_once(base, chat)
         waited = time.monotonic() - t0
         if ok or waited >= timeout:
             return ok, msg, waited
+        if pid is not None and not _alive(pid):
+            return False, f"the server process {pid} exited while loading (see its journal)", waited
         time.sleep(interval)
 
 
@@ -74,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", default=None, help="server base URL (default: from MINERU_VLLM_ARGS)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--chat", action="store_true", help="also require one chat completion")
+    ap.add_argument("--pid", type=int, default=None, help="the server's main PID: fail at once when it exits ($MAINPID)")
     a = ap.parse_args(argv)
     base = a.url or url_from_env()
-    ok, msg, waited = wait_ready(base, a.timeout, a.chat)
+    ok, msg, waited = wait_ready(base, a.timeout, a.chat, pid=a.pid)
     print(f"{'ready' if ok else 'NOT ready'} after {waited:.1f}s: {base}: {msg}", flush=True)
     return 0 if ok else 1
 

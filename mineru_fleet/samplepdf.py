@@ -11,10 +11,10 @@ CLI: ``python -m mineru_fleet.samplepdf OUT.pdf``.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from .fsutil import write_atomic
 
 __all__ = ["DEFAULT_LINES", "DEFAULT_TABLE", "DEFAULT_TITLE", "make_sample_pdf", "sample_pdf_bytes"]
 
@@ -111,18 +111,7 @@ def make_sample_pdf(
     """Write the one-page sample PDF to ``path`` (atomically) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = sample_pdf_bytes(title, lines, table)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, sample_pdf_bytes(title, lines, table))
 
 
 if __name__ == "__main__":

@@ -160,8 +160,18 @@ class SandboxConfig:
 
 
 def default_config() -> SandboxConfig:
-    """The sandbox instance behind ``mineru-fleet sandbox``."""
-    return SandboxConfig(repo=repo_root())
+    """The sandbox instance behind ``mineru-fleet sandbox``.
+
+    ``MINERU_FLEET_SANDBOX_PREFIX`` / ``_NET`` / ``_PORT`` give a second checkout on the same machine
+    its own host names, /24 and file-server port (e.g. a CI run beside a developer's sandbox).
+    """
+    env = os.environ
+    return SandboxConfig(
+        repo=repo_root(),
+        prefix=env.get("MINERU_FLEET_SANDBOX_PREFIX", "mf"),
+        net_prefix=env.get("MINERU_FLEET_SANDBOX_NET", "192.168.250"),
+        port=int(env.get("MINERU_FLEET_SANDBOX_PORT", FILE_SERVER_PORT)),
+    )
 
 
 def serve_dir(config: SandboxConfig | None = None) -> Path:

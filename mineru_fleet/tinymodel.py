@@ -36,11 +36,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
+import tempfile
 import struct
 import sys
-import tempfile
 from pathlib import Path
+
+from .fsutil import write_atomic
 
 import numpy as np
 
@@ -530,16 +531,7 @@ def make_tiny_qwen2vl(out_dir: Path, seed: int = 0) -> Path:
         path = out / name
         if path.is_file() and path.read_bytes() == data:
             continue
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, data)
     return out
 
 

@@ -1,6 +1,5 @@
 """Parsers on every fixture file (shared reference hosts and our own live H100 capture)."""
 
-from pathlib import Path
 
 import pytest
 

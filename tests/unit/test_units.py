@@ -68,3 +68,15 @@ def test_gpucheck_verdicts():
     assert any("NCCL 2.28.9" in p and "2.27.3" in p for p in problems(h100, 1, "2.27.3"))
     assert any("sees 1 GPU" in p for p in problems(h100, 2, None))
     assert any("cannot use CUDA" in p for p in problems({"cuda_available": False, "devices": []}, 1, None))
+
+
+def test_ready_gives_up_when_the_server_process_is_gone():
+    import subprocess
+    import sys
+
+    from mineru_fleet.ready import wait_ready
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    ok, msg, waited = wait_ready("http://127.0.0.1:9", timeout=60, chat=False, interval=0.1, pid=p.pid)
+    assert not ok and "exited" in msg and waited < 10
