@@ -25,7 +25,7 @@ CANDIDATES = [
     "PrivateNetwork=yes",
     "IPAddressDeny=any",
 ]
-ERR = re.compile(r"(Error|error|Exception|Fatal|fatal|cannot|Aborted|not supported)")
+ERR = re.compile(r"(\w+Error: |Errno|Fatal|cannot |Aborted|not supported|terminate called)")
 
 
 def sh(host: str, cmd: str, timeout: float = 900):
@@ -33,15 +33,17 @@ def sh(host: str, cmd: str, timeout: float = 900):
 
 
 def probe(host: str, option: str) -> tuple[bool, float, str]:
-    sh(host, f"mkdir -p $(dirname {DROPIN}) && printf '[Service]\\n{option}\\n' > {DROPIN} && systemctl daemon-reload")
-    since = sh(host, "date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    # Restart=no: one attempt per option; reset-failed: the start limit must not answer for it
+    sh(host, f"mkdir -p $(dirname {DROPIN}) && printf '[Service]\\nRestart=no\\n{option}\\n' > {DROPIN}"
+             f" && systemctl daemon-reload && systemctl stop {UNIT}; systemctl reset-failed {UNIT}")
     t = time.monotonic()
-    r = sh(host, f"timeout 400 systemctl restart {UNIT}")
+    r = sh(host, f"timeout 400 systemctl start {UNIT}")
     took = time.monotonic() - t
     ok = r.returncode == 0
     first = ""
     if not ok:
-        j = sh(host, f"journalctl -u {UNIT} --since '{since}' --no-pager -o cat").stdout.splitlines()
+        inv = sh(host, f"systemctl show -p InvocationID --value {UNIT}").stdout.strip()
+        j = sh(host, f"journalctl _SYSTEMD_INVOCATION_ID={inv} --no-pager -o cat").stdout.splitlines()
         first = next((line.strip() for line in j if ERR.search(line)), j[-1] if j else "")
     return ok, took, first[:200]
 
@@ -57,7 +59,7 @@ def main(argv: list[str]) -> int:
             rows.append((label, ok, took, err))
             print(f"| `{label}` | {'serves' if ok else 'FAILS'} ({took:.0f} s) | {err} |", flush=True)
     finally:
-        sh(host, f"rm -f {DROPIN} && systemctl daemon-reload && systemctl restart {UNIT}")
+        sh(host, f"rm -f {DROPIN} && systemctl daemon-reload && systemctl reset-failed {UNIT}; systemctl restart {UNIT}")
     return 0
 
 

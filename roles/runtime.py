@@ -44,10 +44,14 @@ def install_command(venv: str, lock: str, uv: str, settings: Settings) -> str:
     source = (
         f"--no-index --find-links {settings.wheel_find_links}" if settings.wheel_find_links else "--index-url https://pypi.org/simple"
     )
+    # uv's cache on the install disk (not /tmp, often a small tmpfs); venv files are hardlinks
+    # into it, so removing the cache afterwards costs nothing and leaves no second copy behind
+    uv_env = f"UV_CACHE_DIR={settings.install_dir}/.uv-cache"
     return (
         f"set -e; rm -rf {venv}; "
-        f"UV_NO_CACHE=1 {uv} venv --quiet --python /usr/bin/python3 {venv} && "
-        f"UV_NO_CACHE=1 {uv} pip sync --quiet --python {venv}/bin/python {source} {lock}"
+        f"{uv_env} {uv} venv --quiet --python /usr/bin/python3 {venv} && "
+        f"{uv_env} {uv} pip sync --quiet --python {venv}/bin/python {source} {lock} && "
+        f"rm -rf {settings.install_dir}/.uv-cache"
     )
 
 

@@ -26,12 +26,14 @@ def hosts() -> list[sandbox.SandboxHost]:
     if os.geteuid() != 0:
         pytest.fail("the end-to-end suite needs root (systemd-nspawn sandbox hosts)")
     started_here = not sandbox.running_hosts()
-    hs = quickstart.prepare(N_HOSTS)
-    r = quickstart.deploy()
-    assert r.returncode == 0, "pyinfra inventory/sandbox.py deploy.py failed (see its output above)"
-    yield hs
-    if started_here and not os.environ.get("MINERU_FLEET_KEEP_SANDBOX"):
-        sandbox.down()
+    try:
+        hs = quickstart.prepare(N_HOSTS)
+        r = quickstart.deploy()
+        assert r.returncode == 0, "pyinfra inventory/sandbox.py deploy.py failed (see its output above)"
+        yield hs
+    finally:
+        if started_here and not os.environ.get("MINERU_FLEET_KEEP_SANDBOX"):
+            sandbox.down()
 
 
 @pytest.fixture(scope="session")
