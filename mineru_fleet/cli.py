@@ -1,8 +1,11 @@
-"""``mineru-fleet``: what pyinfra is not — plan (and, as they land, sandbox, diagnose, rollout).
+"""``mineru-fleet``: what pyinfra is not — plan, diagnose (and, as they land, sandbox, rollout).
 
     mineru-fleet plan --facts shared/fixtures/hosts/seed-2x2080ti --data tensor_parallel_size=2
     mineru-fleet plan --host inventory/production.py --save facts/
     mineru-fleet plan --host @local --json
+    mineru-fleet plan --facts DIR --calibrate server.log
+    mineru-fleet diagnose --journal server.log [--facts DIR --data KEY=VALUE] [--json]
+    mineru-fleet diagnose --host inventory/production.py [--unit mineru-vllm@0] [--json]
     mineru-fleet sandbox up 1 | status | down
 """
 
@@ -24,10 +27,48 @@ EXIT_BAD_INPUT = 2
 EXIT_UNREACHABLE = 3
 
 
-def _model_facts(args, settings):
-    if args.model_dir:
+EXIT_FINDINGS = 1
+
+
+def _model_facts(args, settings, local_source: bool = False):
+    if getattr(args, "model_dir", None):
         return modelinfo.from_model_dir(Path(args.model_dir), settings.model_id)
+    src = settings.model_local_source if local_source else None  # diagnose: the model the deploy copied
+    if src and (Path(src) / "config.json").is_file():
+        return modelinfo.from_model_dir(Path(src), settings.model_id)
     return modelinfo.builtin_profile(settings.model_id)
+
+
+def _calibrate(p, js: dict, text: str, args) -> tuple[dict, str]:
+    """Re-plan with the memory a startup log measured; show predicted vs calibrated vs measured."""
+    from dataclasses import asdict
+
+    from . import diagnose as dg
+
+    d = args._calibration
+    model2, changed = dg.measured_model(d, p.model)
+    settings = args._settings
+    p2 = plan(args._facts_obj, settings, model2)
+    idx = 0
+    if d.tensor_parallel_size:
+        idx = next((i for i, s in enumerate(p.servers) if s.tensor_parallel_size == d.tensor_parallel_size), 0)
+    if not p.servers:
+        return js, text
+    rows = dg.calibration_rows(d, p.servers[idx], p2.servers[idx])
+    js2 = p2.to_json()
+    js2["calibration"] = {
+        "log": args.calibrate,
+        "server": p.servers[idx].name,
+        "measured_fields": changed,
+        "rows": [asdict(r) for r in rows],
+    }
+    note = ""
+    if d.tensor_parallel_size and d.tensor_parallel_size != p.servers[idx].tensor_parallel_size:
+        note = f"  note: the log ran with TP={d.tensor_parallel_size}, this server with TP={p.servers[idx].tensor_parallel_size}\n"
+    if d.gpu_memory_utilization and p.servers[idx].cuda_visible_devices and f"{d.gpu_memory_utilization:g}" not in p.servers[idx].args:
+        note += f"  note: the log ran with gpu_memory_utilization {d.gpu_memory_utilization}; compare KV cache at equal settings\n"
+    title = f"calibration from {args.calibrate} (server mineru-vllm@{p.servers[idx].name}; measured: {', '.join(changed) or 'nothing usable'})"
+    return js2, plan_text(p2) + dg.calibration_text(rows, title) + note
 
 
 def _plan_one(host: str, facts, data: dict, args) -> tuple[dict | None, str, bool]:
@@ -35,6 +76,10 @@ def _plan_one(host: str, facts, data: dict, args) -> tuple[dict | None, str, boo
     try:
         settings = load_settings(data, host)
         p = plan(facts, settings, _model_facts(args, settings))
+        if getattr(args, "_calibration", None) is not None:
+            args._settings, args._facts_obj = settings, facts
+            js, text = _calibrate(p, p.to_json(), plan_text(p), args)
+            return js, text, True
     except SettingsError as e:
         msg = f"{host}: bad inventory data:\n" + "\n".join(f"  {x}" for x in e.problems)
         return {"host": host, "errors": [{"code": "settings", "message": x} for x in e.problems]}, msg, False
@@ -51,6 +96,15 @@ def cmd_plan(args) -> int:
         return EXIT_BAD_INPUT
     hosts: list[tuple[str, object, dict]] = []
     rc = 0
+    args._calibration = None
+    if getattr(args, "calibrate", None):
+        from . import diagnose as dg
+
+        try:
+            args._calibration = dg.parse_log(Path(args.calibrate).read_bytes())
+        except (OSError, dg.LogError) as e:
+            print(f"error: --calibrate {args.calibrate}: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     if args.facts:
         try:
             facts = load_host_facts(Path(args.facts))
@@ -95,6 +149,115 @@ def cmd_plan(args) -> int:
     return rc
 
 
+def dg_journal_line(line: str) -> bool:
+    from .diagnose import RE_JOURNAL_ISO
+
+    return bool(RE_JOURNAL_ISO.match(line))
+
+
+def _diag_server(p, unit: str):
+    name = unit.split("@", 1)[1].removesuffix(".service") if "@" in unit else "0"
+    return next((s for s in p.servers if s.name == name), None)
+
+
+def _diagnose_one(label: str, raw: bytes, args, plan_obj=None, plan_note: str | None = None) -> tuple[dict, str, int]:
+    """(json, text, exit code) for one log."""
+    from . import diagnose as dg
+
+    try:
+        d = dg.parse_log(raw)
+    except dg.LogError as e:
+        return {"source": label, "error": str(e)}, f"error: {label}: {e}", EXIT_BAD_INPUT
+    server = _diag_server(plan_obj, args.unit) if plan_obj is not None else None
+    if server is not None:
+        dg.apply_plan(d, server, plan_obj.warnings)
+    elif plan_note is None and plan_obj is not None:
+        plan_note = f"the plan has no server for {args.unit}"
+    if plan_note:
+        d.notes.append(f"no plan: {plan_note}")
+    elif server is not None:
+        d.notes.append(f"compared with the plan of {plan_obj.host} server mineru-vllm@{server.name}")
+    js = {"source": label, **d.to_json()}
+    text = dg.diagnosis_text(d, label)
+    if not d.complete:
+        text += f"error: {label}: the log ends before the server was ready and shows no error (truncated, or still starting)\n"
+        return js, text, EXIT_BAD_INPUT
+    rc = EXIT_FINDINGS if (d.failed or any(f.severity == "error" for f in d.findings)) else 0
+    return js, text, rc
+
+
+def cmd_diagnose(args) -> int:
+    try:
+        data = parse_data_args(args.data or [])
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    results: list[tuple[dict, str, int]] = []
+    if args.journal:
+        try:
+            raw = sys.stdin.buffer.read() if args.journal == "-" else Path(args.journal).read_bytes()
+        except OSError as e:
+            print(f"error: cannot read {args.journal}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        plan_obj, note = None, None
+        if args.facts:
+            try:
+                facts = load_host_facts(Path(args.facts))
+                settings = load_settings(data, facts.host)
+                plan_obj = plan(facts, settings, _model_facts(args, settings, local_source=True))
+            except (FileNotFoundError, FactsError, SettingsError, PlanError) as e:
+                print(f"error: --facts {args.facts}: {e}", file=sys.stderr)
+                return EXIT_BAD_INPUT
+        results.append(_diagnose_one(args.journal, raw, args, plan_obj, note))
+    else:
+        from .gather import GatherError, gather_journals
+
+        if (args.host.endswith(".py") or "/" in args.host) and not Path(args.host).exists():
+            print(f"error: inventory {args.host!r} does not exist", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        try:
+            gathered = gather_journals(args.host, args.unit)
+        except GatherError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        for name, g in gathered.items():
+            if g.error:
+                results.append(({"source": name, "error": g.error}, f"error: {name}: {g.error}", EXIT_UNREACHABLE))
+                continue
+            label = f"{name} {args.unit}"
+            jinfo = g.data.get("_journal") or {}
+            jtext = g.files.get("journal", "")
+            if not any(dg_journal_line(x) for x in jtext.splitlines()):
+                first = jtext.strip().splitlines()[0][:200] if jtext.strip() else "nothing"
+                msg = (f"no journal entries for {args.unit} (state {jinfo.get('active') or 'unknown'}; journalctl said: {first}): "
+                       "never started, a wrong --unit, or no systemd journal on this host")
+                results.append(({"source": label, "error": msg}, f"error: {label}: {msg}", EXIT_BAD_INPUT))
+                continue
+            plan_obj, note = None, None
+            try:
+                settings = load_settings({**g.data, **data}, name)
+                plan_obj = plan(build_host_facts(name, g.files), settings, _model_facts(args, settings, local_source=True))
+            except (FactsError, SettingsError, PlanError, FileNotFoundError) as e:
+                note = f"cannot plan {name}: {str(e).splitlines()[0]}"
+            js, text, rc = _diagnose_one(label, g.files["journal"].encode(), args, plan_obj, note)
+            js["invocation"] = jinfo.get("invocation")
+            js["active"] = jinfo.get("active")
+            results.append((js, text, rc))
+    for js, text, rc in results:
+        if not args.json:
+            print(text, file=sys.stderr if rc == EXIT_BAD_INPUT and "error" in js else sys.stdout)
+        elif rc in (EXIT_BAD_INPUT, EXIT_UNREACHABLE) and "error" in js:
+            print(f"error: {js['source']}: {js['error']}", file=sys.stderr)
+    if args.json:
+        out = [js for js, _, _ in results]
+        print(json.dumps(out[0] if len(out) == 1 and args.journal else out, indent=2, default=str))
+    codes = [rc for _, _, rc in results]
+    for worst in (EXIT_UNREACHABLE, EXIT_BAD_INPUT, EXIT_FINDINGS):
+        if worst in codes:
+            return worst
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mineru-fleet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -106,7 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--save", metavar="DIR", help="with --host: write the gathered facts in the fixtures' format")
     p.add_argument("--model-dir", metavar="DIR", help="read model figures from a local model folder (config.json, safetensors)")
+    p.add_argument("--calibrate", metavar="LOG", help="a server's startup log: plan with its measured weights, non-torch and "
+                   "activation memory, and show predicted vs measured KV cache and concurrency")
     p.set_defaults(func=cmd_plan)
+    dg = sub.add_parser("diagnose", help="read a server's startup log: figures, findings and fixes")
+    dsrc = dg.add_mutually_exclusive_group(required=True)
+    dsrc.add_argument("--journal", metavar="FILE", help="a saved log: journalctl -u UNIT -a -o short-iso output, or vLLM's stdout ('-': stdin)")
+    dsrc.add_argument("--host", metavar="INVENTORY_OR_HOST", help="read journalctl -u UNIT since the unit's last start on each host (pyinfra)")
+    dg.add_argument("--unit", default="mineru-vllm@0", help="systemd unit (default mineru-vllm@0); also picks the plan's server")
+    dg.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+    dg.add_argument("--facts", metavar="DIR", help="with --journal: plan this host to say which findings the plan handles")
+    dg.add_argument("--data", action="append", metavar="KEY=VALUE", help="an inventory variable for that plan (repeatable)")
+    dg.add_argument("--model-dir", metavar="DIR", help="model folder for the plan's figures")
+    dg.set_defaults(func=cmd_diagnose)
     s = sub.add_parser("sandbox", help="throwaway systemd hosts on this machine (root): run | up [N] | status | down")
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(func=lambda a: _sandbox(a.rest))

@@ -72,3 +72,46 @@ def gather(inventory_arg: str, override_data: dict[str, Any] | None = None) -> d
             continue
         results[host.name] = Gathered(host.name, files=files, data=data)
     return results
+
+
+def gather_journals(inventory_arg: str, unit: str, override_data: dict[str, Any] | None = None) -> dict[str, Gathered]:
+    """Like ``gather``, plus each host's journal of ``unit`` since its last start (``files["journal"]``,
+    ``data["_journal"]`` with the invocation id and state). The preflight files come along so the
+    caller can plan the host and say which findings the plan handles.
+    """
+    from pyinfra.api import Config, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.state import StateStage
+    from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    from roles.facts import PreflightFiles
+    from roles.journal import UnitJournal
+
+    state = State(check_for_changes=False)
+    ctx_state.set(state)
+    config = Config()
+    ctx_config.set(config)
+    try:
+        inventory = make_inventory(inventory_arg, cwd=os.getcwd(), override_data=override_data)
+    except Exception as e:  # a broken inventory file: say which and why, no traceback
+        raise GatherError(f"cannot load inventory {inventory_arg!r}: {e}") from None
+    ctx_inventory.set(inventory)
+    state.init(inventory, config)
+    state.set_stage(StateStage.Connect)
+    connect_all(state)
+    state.set_stage(StateStage.Prepare)
+    results: dict[str, Gathered] = {}
+    for host in inventory:
+        data = dict(host.data.dict()) if hasattr(host.data, "dict") else {}
+        if not host.connected:
+            results[host.name] = Gathered(host.name, data=data, error="unreachable: could not connect (check the address, SSH user and key)")
+            continue
+        with ctx_host.use(host):
+            files = host.get_fact(PreflightFiles, paths=host_paths(data)) or {}
+            j = host.get_fact(UnitJournal, unit=unit) or {}
+        files = dict(files)
+        files["journal"] = "\n".join(j.get("lines") or []) + ("\n" if j.get("lines") else "")
+        data["_journal"] = {k: j.get(k) for k in ("unit", "invocation", "active")}
+        results[host.name] = Gathered(host.name, files=files, data=data)
+    return results

