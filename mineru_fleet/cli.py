@@ -120,6 +120,9 @@ def cmd_plan(args) -> int:
         except GatherError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        if not gathered:
+            print(f"error: {args.host!r} names no host: give an inventory file, a host, or @local", file=sys.stderr)
+            return EXIT_BAD_INPUT
         for name, g in gathered.items():
             if g.error:
                 print(f"error: {name}: {g.error}", file=sys.stderr)

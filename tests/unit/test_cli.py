@@ -84,3 +84,8 @@ def test_deploy_stops_before_changes_on_bad_data():
     assert r.returncode != 0
     assert "unknown variable 'tensor_paralel_size'" in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_host_that_names_nothing_is_bad_input():
+    r = run("plan", "--host", "/missing/inventory.py")
+    assert r.returncode == 2 and "names no host" in r.stderr and "Traceback" not in r.stderr
