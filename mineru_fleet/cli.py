@@ -20,7 +20,7 @@ from . import modelinfo
 from .factsdir import load_host_facts, write_facts_dir
 from .hostfacts import FactsError, build_host_facts
 from .planner import PlanError, plan
-from .render import errors_text, plan_json, plan_text
+from .render import errors_text, plan_text
 from .settings import SettingsError, load_settings, parse_data_args
 
 EXIT_BAD_INPUT = 2

@@ -33,18 +33,14 @@ def host_paths(data: dict[str, Any]) -> list[str]:
     return [data.get("install_dir", DEFAULTS["install_dir"]), data.get("state_dir", DEFAULTS["state_dir"])]
 
 
-def gather(inventory_arg: str, override_data: dict[str, Any] | None = None) -> dict[str, Gathered]:
-    """Connect to every host of an inventory (file, host list or @local) and run ``PreflightFiles``.
-
-    Unreachable hosts come back with ``error`` set instead of raising.
-    """
+def _for_each_host(inventory_arg: str, override_data: dict[str, Any] | None, collect) -> dict[str, Gathered]:
+    """Load an inventory, connect to every host and call ``collect(host, data) -> Gathered`` on each
+    reachable one (inside its pyinfra host context). Unreachable hosts get ``error`` set."""
     from pyinfra.api import Config, State
     from pyinfra.api.connect import connect_all
     from pyinfra.api.state import StateStage
     from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
     from pyinfra_cli.inventory import make_inventory
-
-    from roles.facts import PreflightFiles
 
     state = State(check_for_changes=False)
     ctx_state.set(state)
@@ -66,12 +62,24 @@ def gather(inventory_arg: str, override_data: dict[str, Any] | None = None) -> d
             results[host.name] = Gathered(host.name, data=data, error="unreachable: could not connect (check the address, SSH user and key)")
             continue
         with ctx_host.use(host):
-            files = host.get_fact(PreflightFiles, paths=host_paths(data))
-        if not files or "os.txt" not in files:
-            results[host.name] = Gathered(host.name, data=data, error="the preflight fact returned no output")
-            continue
-        results[host.name] = Gathered(host.name, files=files, data=data)
+            results[host.name] = collect(host, data)
     return results
+
+
+def gather(inventory_arg: str, override_data: dict[str, Any] | None = None) -> dict[str, Gathered]:
+    """Connect to every host of an inventory (file, host list or @local) and run ``PreflightFiles``.
+
+    Unreachable hosts come back with ``error`` set instead of raising.
+    """
+    from roles.facts import PreflightFiles
+
+    def collect(host, data: dict) -> Gathered:
+        files = host.get_fact(PreflightFiles, paths=host_paths(data))
+        if not files or "os.txt" not in files:
+            return Gathered(host.name, data=data, error="the preflight fact returned no output")
+        return Gathered(host.name, files=files, data=data)
+
+    return _for_each_host(inventory_arg, override_data, collect)
 
 
 def gather_journals(inventory_arg: str, unit: str, override_data: dict[str, Any] | None = None) -> dict[str, Gathered]:
@@ -79,39 +87,14 @@ def gather_journals(inventory_arg: str, unit: str, override_data: dict[str, Any]
     ``data["_journal"]`` with the invocation id and state). The preflight files come along so the
     caller can plan the host and say which findings the plan handles.
     """
-    from pyinfra.api import Config, State
-    from pyinfra.api.connect import connect_all
-    from pyinfra.api.state import StateStage
-    from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
-    from pyinfra_cli.inventory import make_inventory
-
     from roles.facts import PreflightFiles
     from roles.journal import UnitJournal
 
-    state = State(check_for_changes=False)
-    ctx_state.set(state)
-    config = Config()
-    ctx_config.set(config)
-    try:
-        inventory = make_inventory(inventory_arg, cwd=os.getcwd(), override_data=override_data)
-    except Exception as e:  # a broken inventory file: say which and why, no traceback
-        raise GatherError(f"cannot load inventory {inventory_arg!r}: {e}") from None
-    ctx_inventory.set(inventory)
-    state.init(inventory, config)
-    state.set_stage(StateStage.Connect)
-    connect_all(state)
-    state.set_stage(StateStage.Prepare)
-    results: dict[str, Gathered] = {}
-    for host in inventory:
-        data = dict(host.data.dict()) if hasattr(host.data, "dict") else {}
-        if not host.connected:
-            results[host.name] = Gathered(host.name, data=data, error="unreachable: could not connect (check the address, SSH user and key)")
-            continue
-        with ctx_host.use(host):
-            files = host.get_fact(PreflightFiles, paths=host_paths(data)) or {}
-            j = host.get_fact(UnitJournal, unit=unit) or {}
-        files = dict(files)
+    def collect(host, data: dict) -> Gathered:
+        files = dict(host.get_fact(PreflightFiles, paths=host_paths(data)) or {})
+        j = host.get_fact(UnitJournal, unit=unit) or {}
         files["journal"] = "\n".join(j.get("lines") or []) + ("\n" if j.get("lines") else "")
         data["_journal"] = {k: j.get(k) for k in ("unit", "invocation", "active")}
-        results[host.name] = Gathered(host.name, files=files, data=data)
-    return results
+        return Gathered(host.name, files=files, data=data)
+
+    return _for_each_host(inventory_arg, override_data, collect)
