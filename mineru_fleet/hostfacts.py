@@ -55,6 +55,7 @@ EXTRA_COMMANDS = (
     "grep -aoE 'GLIBCXX_3\\.4\\.[0-9]+' $(ldconfig -p | awk '/libstdc\\+\\+\\.so\\.6 .*x86-64/{print $NF; exit}') | sort -uV | tail -3",
     "command -v g++ gcc",
     "ss -Hltnp",
+    "/usr/bin/python3 --version",
 )
 
 GIB = 1024**3
@@ -152,6 +153,7 @@ class HostFacts:
     net: NetInfo
     glibcxx: str | None
     nvidia_smi_error: str | None = None
+    python_version: tuple[int, int] | None = None
     listening: dict[int, str] = field(default_factory=dict)
     has_cxx_compiler: bool | None = None
     extra: dict[str, tuple[int, str]] = field(default_factory=dict, repr=False)
@@ -458,6 +460,13 @@ def parse_listening(extra: dict[str, tuple[int, str]]) -> dict[int, str]:
     return ports
 
 
+def parse_python_version(extra: dict[str, tuple[int, str]]) -> tuple[int, int] | None:
+    """(major, minor) of the host's /usr/bin/python3, which the release venv is built on."""
+    sec = find_section(extra, "python3 --version")
+    m = re.search(r"Python (\d+)\.(\d+)", sec[1]) if sec and sec[0] == 0 else None
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 def _has_cxx(extra: dict[str, tuple[int, str]]) -> bool | None:
     sec = find_section(extra, "command -v g++")
     if sec is None:
@@ -492,5 +501,6 @@ def build_host_facts(host: str, files: dict[str, str]) -> HostFacts:
         nvidia_smi_error=files.get("nvidia-smi-error.txt"),
         listening=parse_listening(extra),
         has_cxx_compiler=_has_cxx(extra),
+        python_version=parse_python_version(extra),
         extra=extra,
     )

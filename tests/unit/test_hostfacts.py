@@ -170,3 +170,10 @@ def test_live_script_output_splits_into_facts_files():
     assert f.os.cpus >= 1 and f.os.mem_total_bytes > 0
     assert any(d.target == "/" for d in f.os.disks)
     assert f.net.hostname
+
+
+def test_python_version():
+    from mineru_fleet.hostfacts import parse_python_version
+
+    assert parse_python_version(parse_extra("### /usr/bin/python3 --version\nPython 3.13.5\n### rc=0\n")) == (3, 13)
+    assert parse_python_version(parse_extra("### /usr/bin/python3 --version\nsh: 1: /usr/bin/python3: not found\n### rc=127\n")) is None

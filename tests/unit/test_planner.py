@@ -233,3 +233,18 @@ def test_plan_is_pure_and_deterministic():
     a, b = P(seed(), **REFERENCE).to_json(), P(seed(), **REFERENCE).to_json()
     assert a == b
     assert json.dumps(a)  # serialisable
+
+
+def test_host_python_must_match_the_lock():
+    e = errors(dataclasses.replace(seed(), python_version=(3, 10)))
+    assert "python-version" in e and "3.12" in e["python-version"].message
+    P(dataclasses.replace(seed(), python_version=(3, 12)))
+    P(dataclasses.replace(cpu_host(), python_version=(3, 13)), max_model_len=4096)
+
+
+def test_lock_python_matches_the_committed_locks():
+    from mineru_fleet.planner import LOCK_PYTHON
+    from tests.conftest import REPO
+
+    for profile, (major, minor) in LOCK_PYTHON.items():
+        assert f"--python-version {major}.{minor} " in (REPO / "locks" / f"{profile}.txt").read_text()
