@@ -19,10 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-from . import sandbox, tinymodel, wheelhouse
+from . import modelhub, sandbox, tinymodel, wheelhouse
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_DIR = REPO / ".sandbox" / "models" / "tiny-qwen2vl"  # == inventory/group_data/sandbox.py model_local_source
+MODEL_DIR = REPO / ".sandbox" / "models" / "tiny-qwen2vl"  # what the local hub publishes
+HUB_HOME = REPO / ".sandbox" / "hub"        # the local ModelScope-compatible hub (mineru_fleet/modelhub.py)
+HUB_PORT_OFFSET = 10000  # hub port = the sandbox instance's file server port + 10000 (18780 by default)
+# == inventory/group_data/sandbox.py: model_id, model_revision, modelscope_domain, modelscope_ca_bundle
+HUB_MODEL_ID = "mineru-fleet/tiny-qwen2vl"
+HUB_REVISION = "v1.0.0-seed0"
 INVENTORY = REPO / "inventory" / "sandbox.py"
 
 
@@ -38,10 +43,25 @@ def prepare(n_hosts: int = 1) -> list[sandbox.SandboxHost]:
     if not (MODEL_DIR / "config.json").is_file():
         tinymodel.make_tiny_qwen2vl(MODEL_DIR)
         log(f"tiny model written to {MODEL_DIR}")
+    start_hub(hosts)
     t = time.monotonic()
     report = wheelhouse.ensure_wheelhouse("cpu")
     log(f"wheelhouse: {report.summary()} ({time.monotonic() - t:.1f}s)")
     return hosts
+
+
+def hub_port() -> int:
+    return sandbox.default_config().port + HUB_PORT_OFFSET
+
+
+def start_hub(hosts: list[sandbox.SandboxHost]) -> dict:
+    """The local hub on 127.0.0.1 and every host's controller IP, with the tiny model at HUB_REVISION."""
+    rev = HUB_HOME / "root" / HUB_MODEL_ID / HUB_REVISION
+    if not (rev / "config.json").is_file():
+        modelhub.publish(HUB_HOME / "root", HUB_MODEL_ID, HUB_REVISION, MODEL_DIR)
+    meta = modelhub.ensure_running(HUB_HOME, [h.controller_ip for h in hosts], hub_port())
+    log(f"model hub: https://127.0.0.1:{meta['port']} (pid {meta['pid']}) serves {HUB_MODEL_ID}@{HUB_REVISION}")
+    return meta
 
 
 def deploy(*extra: str, inventory: Path = INVENTORY) -> subprocess.CompletedProcess:

@@ -60,9 +60,41 @@ class Settings(BaseModel):
     extra_env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the server.")
     # --- model -----------------------------------------------------------------------------
     model_id: str = Field(DEFAULT_MODEL_ID, description="ModelScope model id.")
-    model_revision: str = Field("master", description="Model revision (a commit or tag; a branch moves).")
+    model_revision: str = Field(
+        "master", description="Model revision: pin a tag or commit (a branch such as master moves: warning unpinned-model-revision)."
+    )
+    model_fetch_mode: Literal["controller", "host"] = Field(
+        "controller",
+        description="controller: snapshot_download once on the controller, then copy to hosts (hub traffic 1x per fleet); "
+        "host: every host runs snapshot_download itself.",
+    )
+    modelscope_domain: str | None = Field(
+        None, description="MODELSCOPE_DOMAIN (HOST[:PORT], https) the controller fetches from; unset: modelscope.cn."
+    )
+    modelscope_host_domain: str | None = Field(
+        None, description="MODELSCOPE_DOMAIN the hosts use in host mode; unset: modelscope_domain."
+    )
+    modelscope_ca_bundle: str | None = Field(
+        None, description="CA file (on the controller) the client trusts for the hub (REQUESTS_CA_BUNDLE); copied to hosts in host mode."
+    )
+    modelscope_token_file: str | None = Field(
+        None, description="File (mode 0600, on the controller) with the ModelScope token for private models; "
+        "else MODELSCOPE_API_TOKEN from the controller's environment. Never put the token itself in inventory data.",
+    )
+    model_cache_dir: str = Field(
+        "~/.cache/mineru-fleet/models", description="Controller cache: <dir>/<model_id>/<revision> (controller mode)."
+    )
+    model_allow_patterns: list[str] = Field(default_factory=list, description="Only files matching these globs (snapshot_download allow_patterns).")
+    model_ignore_patterns: list[str] = Field(default_factory=list, description="Skip files matching these globs (snapshot_download ignore_patterns).")
+    model_free_space_margin_mib: int = Field(
+        512, ge=0, description="Free space a host must keep beyond the model's size, checked before any byte is written."
+    )
+    model_keep_revisions: int = Field(2, ge=1, description="Revision folders kept per model on a host (the current one included).")
+    model_fetch_python: str = Field(
+        "/opt/mineru-fleet/current/venv/bin/python", description="Python with modelscope on the host (host mode)."
+    )
     model_local_source: str | None = Field(
-        None, description="A model folder on the controller to copy to hosts instead of fetching (sandbox, tests)."
+        None, description="A model folder on the controller to copy to hosts instead of fetching (no hub: offline tests)."
     )
     model_dir: str | None = Field(
         None, description="Model folder on the host; default /var/lib/mineru-fleet/models/<model_id>/<revision>."

@@ -1,32 +1,124 @@
-"""Model role (interim): copy a model folder from the controller to the host's model path.
+"""Model role: the pinned ModelScope revision on every host, verified, resumable and atomic.
 
-The ModelScope prefetch (pinned revision, verified, resumable, atomic) replaces this source;
-the destination layout (<state_dir>/models/<model_id>/<revision>) stays.
+    <state_dir>/models/<model_id>/<revision>/            what the server loads (--model, MINERU_MODEL_SOURCE=local)
+    <state_dir>/models/<model_id>/.<revision>.partial/   staging, renamed into place once every SHA-256 matches
+
+Modes (``model_fetch_mode``):
+
+- ``controller`` (default): the preflight ran ``snapshot_download`` once on the controller (into
+  ``model_cache_dir``); here each host gets, over the pyinfra connection, only the files whose SHA-256
+  differs from the hub's file list. Hub traffic: 1x the model size, whatever the fleet size.
+- ``host``: each host runs ``snapshot_download`` itself (``model_fetch_python``), into its staging folder.
+
+A host whose revision folder verifies gets no operation at all (0 bytes, no change). A host with a
+missing or corrupt file gets a staging copy of its folder, the bad files replaced, and the verified
+copy renamed into place. An interrupted run leaves the staging folder (and the client's partial
+files), which the next run completes. Free space is checked before anything is written.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
+import json
 
-from pyinfra.api import deploy
-from pyinfra.operations import files
+from pyinfra import host
+from pyinfra.api import FactBase, deploy
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.operations import files, server
 
+from mineru_fleet import modelstore
 from mineru_fleet.planner import Plan
 from mineru_fleet.settings import Settings
+from mineru_fleet.units import ENV_DIR, paths
+
+HOST_CA = f"{ENV_DIR}/modelhub-ca.pem"
+HOST_TOKEN = f"{ENV_DIR}/modelscope-token"
+
+
+class ModelError(PyinfraError):
+    """The model cannot be placed on this host; the message says where and why."""
+
+
+class ModelState(FactBase):
+    """Free space where the model goes and the SHA-256 of every file in the revision and staging folders."""
+
+    def command(self, final: str, staging: str) -> str:
+        return modelstore.state_command(final, staging)
+
+    def process(self, output):
+        return modelstore.parse_state("\n".join(output))
 
 
 @deploy("Model")
 def model(plan: Plan, settings: Settings) -> list:
-    """Copy the model files; returns the copy operations (a change means "restart")."""
-    src = Path(settings.model_local_source or "")
-    if not settings.model_local_source or not (src / "config.json").is_file():
-        raise RuntimeError(
-            f"model_local_source={settings.model_local_source!r} is not a model folder on the controller "
-            "(the ModelScope prefetch is not built yet: set model_local_source)"
+    """Place the model revision; returns the operation whose change means "restart" (none when up to date)."""
+    try:
+        prepared = modelstore.prepare(settings)
+    except modelstore.ModelStoreError as e:
+        raise ModelError(f"{host.name}: {e}") from None
+    manifest = prepared.manifest
+    f = modelstore.folders(settings, plan.model_dir)
+    state = host.get_fact(ModelState, final=f["final"], staging=f["staging"])
+    tp = modelstore.transfer_plan(manifest, state, settings.model_free_space_margin_mib)
+    if tp.up_to_date:
+        return []
+    err = modelstore.space_error(host.name, f["parent"], state.avail, tp)
+    if err:
+        raise ModelError(err)
+
+    bin_dir = paths(settings)["bin_dir"]
+    fetcher = f"{bin_dir}/mineru-fleet-modelfetch"
+    files.directory(name="Model folder parent", path=f["parent"], user="root", group="root", mode="755")
+    files.directory(name="Tools folder", path=bin_dir, user="root", group="root", mode="755")
+    files.put(name="Model fetch/verify tool", src=str(modelstore.FETCH_SCRIPT), dest=fetcher, mode="755")
+    files.put(name="Model manifest (hub file list)", src=io.StringIO(json.dumps(manifest, sort_keys=True, indent=1)),
+              dest=f["manifest"], mode="644")
+    if tp.seed_from_final:
+        server.shell(name="Staging folder from the current revision (repair)",
+                     commands=[f"rm -rf {f['staging']} && cp -a {f['final']} {f['staging']}"])
+
+    if settings.model_fetch_mode == "host" and prepared.folder is None:
+        env = {"MODELSCOPE_DOMAIN": settings.modelscope_host_domain or settings.modelscope_domain or "",
+               "MODELSCOPE_LOG_LEVEL": "40"}
+        if settings.modelscope_ca_bundle:
+            files.directory(name="Config folder", path=ENV_DIR, user="root", group="root", mode="755")
+            files.put(name="Hub CA", src=modelstore.ca_path(settings), dest=HOST_CA, mode="644")
+            env.update(REQUESTS_CA_BUNDLE=HOST_CA, SSL_CERT_FILE=HOST_CA)
+        args = ""
+        token = _controller_token(settings)
+        if token:
+            files.put(name="ModelScope token (0600)", src=io.StringIO(token), dest=HOST_TOKEN, mode="600",
+                      user="root", group="root")
+            args = f" --token-file {HOST_TOKEN}"
+        exports = " ".join(f"{k}={v}" for k, v in env.items() if v)
+        patterns = "".join(f" --allow '{p}'" for p in settings.model_allow_patterns)
+        patterns += "".join(f" --ignore '{p}'" for p in settings.model_ignore_patterns)
+        server.shell(
+            name=f"snapshot_download {settings.model_id}@{settings.model_revision} on the host",
+            commands=[f"mkdir -p {f['staging']} && env {exports} {settings.model_fetch_python} {fetcher} fetch"
+                      f" --model-id {settings.model_id} --revision {settings.model_revision}{patterns}"
+                      f" --local-dir {f['staging']}{args} >/dev/null"],
         )
-    files.directory(name="Model folder", path=plan.model_dir, user="root", group="root", mode="755")
-    return [
-        files.put(name=f"Model file {f.name}", src=str(f), dest=f"{plan.model_dir}/{f.name}", mode="644")
-        for f in sorted(src.iterdir())
-        if f.is_file()
-    ]
+    else:
+        src = prepared.folder
+        if not tp.seed_from_final:
+            files.directory(name="Staging folder", path=f["staging"], user="root", group="root", mode="755")
+        for e in tp.send:
+            files.put(name=f"Model file {e['path']} ({modelstore.human(e['size'])})", src=str(src / e["path"]),
+                      dest=f"{f['staging']}/{e['path']}", mode="644")
+
+    install = server.shell(
+        name=f"Verify and install {settings.model_id}@{settings.model_revision}",
+        commands=[f"python3 {fetcher} install --manifest {f['manifest']} --staging {f['staging']} --final {f['final']}"
+                  f" --keep {settings.model_keep_revisions}"],
+    )
+    return [install]
+
+
+def _controller_token(settings: Settings) -> str | None:
+    import os
+    from pathlib import Path
+
+    if settings.modelscope_token_file:
+        return Path(modelstore.token_file_ok(str(Path(settings.modelscope_token_file).expanduser()))).read_text().strip() or None
+    return os.environ.get("MODELSCOPE_API_TOKEN") or None

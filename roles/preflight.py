@@ -16,7 +16,7 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 
-from mineru_fleet import modelinfo
+from mineru_fleet import modelinfo, modelstore
 from mineru_fleet.gather import host_paths
 from mineru_fleet.hostfacts import FactsError, build_host_facts
 from mineru_fleet.planner import Plan, PlanError, plan
@@ -37,20 +37,33 @@ def host_settings() -> Settings:
         raise PreflightError(f"{host.name}: bad inventory data:\n" + "\n".join(f"  {p}" for p in e.problems)) from None
 
 
-def model_facts(settings: Settings) -> modelinfo.ModelFacts:
+def model_facts(settings: Settings, folder: Path | None = None) -> modelinfo.ModelFacts:
     """Model figures from the controller's copy when there is one, else the built-in profile."""
-    if settings.model_local_source and Path(settings.model_local_source, "config.json").is_file():
-        return modelinfo.from_model_dir(Path(settings.model_local_source), settings.model_id)
+    if folder is not None and (folder / "config.json").is_file():
+        return modelinfo.from_model_dir(folder, settings.model_id)
     return modelinfo.builtin_profile(settings.model_id)
+
+
+def resolve_model(settings: Settings) -> modelstore.Prepared:
+    """The model on the hub at the pinned revision (fetched once per run in controller mode).
+
+    A bad model id or revision, an unreachable hub or a bad token file stops the run here, before
+    any host is changed."""
+    try:
+        return modelstore.prepare(settings)
+    except modelstore.ModelStoreError as e:
+        raise PreflightError(f"{host.name}: model {settings.model_id}@{settings.model_revision}: {e}") from None
 
 
 def preflight(show: bool = True) -> Plan:
     """Gather this host's facts and return its plan; raise ``PreflightError`` if it cannot be served."""
     settings = host_settings()
+    prepared = resolve_model(settings)
     files = host.get_fact(PreflightFiles, paths=host_paths(host.data.dict()))
     try:
         facts = build_host_facts(host.name, files or {})
-        p = plan(facts, settings, model_facts(settings))
+        p = plan(facts, settings, model_facts(settings, prepared.folder))
+        p.warnings.extend(modelstore.revision_findings(settings, prepared.manifest))
     except FactsError as e:
         raise PreflightError(f"{host.name}: could not read the host's facts: {e}") from None
     except PlanError as e:

@@ -18,3 +18,10 @@ rejected with the name of the variable and the closest known one.
 # port = 30000                     # first server's port; server i listens on port + i
 # model_id = "OpenDataLab/MinerU2.5-2509-1.2B"
 # model_revision = "master"
+#                                  # a branch: warning unpinned-model-revision; pin a tag or commit
+# model_fetch_mode = "controller"  # controller: fetch once on the controller, copy to hosts; host: each host fetches
+# modelscope_domain = None         # MODELSCOPE_DOMAIN (HOST[:PORT]) of a mirror; unset: modelscope.cn
+# model_allow_patterns = []        # e.g. ["*.json", "*.safetensors", "*.txt", "*.jinja"]
+# model_ignore_patterns = []
+# modelscope_token_file = None     # private models: a 0600 file on the controller (or MODELSCOPE_API_TOKEN)
+# model_keep_revisions = 2

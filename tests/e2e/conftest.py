@@ -11,7 +11,7 @@ import os
 import pytest
 import testinfra
 
-from mineru_fleet import modelinfo, quickstart, sandbox
+from mineru_fleet import modelhub, modelinfo, quickstart, sandbox
 from mineru_fleet.gather import gather
 from mineru_fleet.hostfacts import build_host_facts
 from mineru_fleet.planner import plan
@@ -34,6 +34,7 @@ def hosts() -> list[sandbox.SandboxHost]:
     finally:
         if started_here and not os.environ.get("MINERU_FLEET_KEEP_SANDBOX"):
             sandbox.down()
+            modelhub.stop_running(quickstart.HUB_HOME)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,184 @@
+"""The model prefetch's pure parts: selection, verification, transfer and free-space math, revision
+warnings, the token's handling, atomic install and pruning; plus the real client against the local hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mineru_fleet import modelfetch, modelhub, modelstore
+from mineru_fleet.settings import Settings, SettingsError, load_settings
+
+
+def entry(path, data: bytes):
+    import hashlib
+
+    return {"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+FILES = {"config.json": b"{}", "model.safetensors": b"w" * 1000, "sub/tok.json": b"t" * 10}
+MANIFEST = {"files": [entry(p, d) for p, d in sorted(FILES.items())], "size": 1012}
+
+
+def write(folder: Path, files=FILES) -> Path:
+    for p, d in files.items():
+        (folder / p).parent.mkdir(parents=True, exist_ok=True)
+        (folder / p).write_bytes(d)
+    return folder
+
+
+def test_select_applies_allow_and_ignore_like_snapshot_download():
+    hub = [{"Path": p, "Size": len(d), "Sha256": "x", "Type": "blob"} for p, d in FILES.items()]
+    hub.append({"Path": "sub", "Type": "tree", "Size": 0})
+    assert [e["path"] for e in modelfetch.select(hub, None, None)] == sorted(FILES)
+    assert [e["path"] for e in modelfetch.select(hub, ["*.json"], None)] == ["config.json", "sub/tok.json"]
+    assert [e["path"] for e in modelfetch.select(hub, None, ["sub/*"])] == ["config.json", "model.safetensors"]
+
+
+def test_verify_names_missing_wrong_size_and_wrong_hash(tmp_path):
+    write(tmp_path)
+    assert modelfetch.verify(tmp_path, MANIFEST) == []
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "sub/tok.json").write_bytes(b"T" * 10)
+    (tmp_path / "model.safetensors").write_bytes(b"w" * 999)
+    problems = modelfetch.verify(tmp_path, MANIFEST)
+    assert problems == ["missing config.json", "size model.safetensors: 999 != 1000", "sha256 sub/tok.json: mismatch"]
+
+
+def test_parse_state_and_transfer_plan():
+    sha = {e["path"]: e["sha256"] for e in MANIFEST["files"]}
+    out = "@avail 5000000\n@dir final\n" + "".join(f"@final {h}  ./{p}\n" for p, h in sha.items())
+    st = modelstore.parse_state(out)
+    assert st.avail == 5000000 and st.final == sha and st.staging is None
+    assert modelstore.transfer_plan(MANIFEST, st, 1).up_to_date
+    # a fresh host: everything goes to staging
+    tp = modelstore.transfer_plan(MANIFEST, modelstore.parse_state("@avail 10\n"), 0)
+    assert not tp.up_to_date and not tp.seed_from_final and [e["path"] for e in tp.send] == sorted(FILES)
+    assert tp.bytes_needed == 1012
+    # a corrupt file: staging starts as a copy, only that file travels
+    bad = dict(sha, **{"model.safetensors": "0" * 64})
+    tp = modelstore.transfer_plan(MANIFEST, modelstore.HostModelState(avail=1, final=bad), 1)
+    assert tp.seed_from_final and [e["path"] for e in tp.send] == ["model.safetensors"]
+    assert tp.bytes_to_write == 1012 and tp.bytes_needed == 1012 + (1 << 20)
+    # an interrupted run: staging holds two of three files, the third travels (resume)
+    part = {k: v for k, v in sha.items() if k != "sub/tok.json"}
+    tp = modelstore.transfer_plan(MANIFEST, modelstore.HostModelState(avail=1, final=None, staging=part), 0)
+    assert [e["path"] for e in tp.send] == ["sub/tok.json"] and tp.bytes_to_write == 10
+
+
+def test_space_error_names_host_path_and_space():
+    tp = modelstore.TransferPlan(False, bytes_to_write=2 << 30, bytes_needed=(2 << 30) + (512 << 20))
+    msg = modelstore.space_error("gpu-1", "/var/lib/mineru-fleet/models/O/M", 1 << 30, tp)
+    assert msg.startswith("gpu-1: not enough free space for the model at /var/lib/mineru-fleet/models/O/M: 2.5 GiB needed")
+    assert "1.0 GiB free" in msg
+    assert modelstore.space_error("gpu-1", "/x", 3 << 30, tp) is None
+
+
+@pytest.mark.parametrize("rev,warn", [("master", True), ("main", True), ("v1.0.0", False), ("0f3c9a1", False)])
+def test_unpinned_revision_warning(rev, warn):
+    codes = [f.code for f in modelstore.revision_findings(Settings(model_revision=rev))]
+    assert codes == (["unpinned-model-revision"] if warn else [])
+
+
+def test_hub_branch_warns_even_with_an_unusual_name():
+    codes = [f.code for f in modelstore.revision_findings(Settings(model_revision="release"), {"is_branch": True})]
+    assert codes == ["unpinned-model-revision"]
+
+
+def test_token_file_must_be_private(tmp_path):
+    f = tmp_path / "token"
+    f.write_text("secret-token\n")
+    f.chmod(0o644)
+    with pytest.raises(modelstore.ModelStoreError, match="chmod 600"):
+        modelstore.token_file_ok(str(f))
+    f.chmod(0o600)
+    assert modelstore.token_file_ok(str(f)) == str(f)
+    with pytest.raises(modelfetch.FetchError):
+        f.chmod(0o640)
+        modelfetch.read_token(str(f))
+
+
+def test_token_is_never_rendered(tmp_path, monkeypatch):
+    from mineru_fleet.hostfacts import build_host_facts
+    from mineru_fleet.planner import plan
+    from mineru_fleet.units import render_env_file, render_unit
+
+    monkeypatch.setenv("MODELSCOPE_API_TOKEN", "tok-SECRET-123")
+    s = Settings(profile="cpu", model_id="mineru-fleet/tiny", model_revision="v1")
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "hosts"
+    from mineru_fleet.factsdir import read_facts_dir
+
+    folder = next(p for p in sorted(shared.iterdir()) if (p / "os.txt").is_file())
+    facts = build_host_facts(folder.name, read_facts_dir(folder))
+    p = plan(facts, Settings(**{**s.model_dump(), "profile": "auto"}))
+    text = render_unit(p, s) + "".join(render_env_file(srv, p.host) for srv in p.servers)
+    assert "tok-SECRET-123" not in text
+    assert "tok-SECRET-123" not in modelstore.redact("error: bad token tok-SECRET-123")
+    assert "MODELSCOPE_API_TOKEN" not in modelstore.fetch_env(s, "hub:1").keys() - os.environ.keys()
+
+
+def test_token_is_not_an_inventory_variable():
+    with pytest.raises(SettingsError, match="unknown variable 'modelscope_token'"):
+        load_settings({"modelscope_token": "x"}, "h")
+    with pytest.raises(SettingsError, match="looks like a secret"):
+        load_settings({"extra_env": {"MODELSCOPE_API_TOKEN": "x"}}, "h")
+
+
+def test_install_is_verified_atomic_and_keeps_two_revisions(tmp_path):
+    parent = tmp_path / "models" / "o" / "m"
+    parent.mkdir(parents=True)
+    man = tmp_path / "manifest.json"
+    man.write_text(json.dumps(MANIFEST))
+    for i, rev in enumerate(["r1", "r2", "r3"]):
+        staging = write(parent / f".{rev}.partial")
+        (staging / "._____temp").mkdir()
+        modelfetch.install(man, staging, parent / rev, keep=2)
+        os.utime(parent / rev / modelfetch.MARKER, (1000 + i, 1000 + i))
+    assert sorted(p.name for p in parent.iterdir()) == ["r2", "r3"]
+    assert not (parent / "r3" / "._____temp").exists() and (parent / "r3" / modelfetch.MANIFEST).is_file()
+    # a bad staging folder is never installed
+    staging = write(parent / ".r4.partial", {**FILES, "config.json": b"{!"})
+    with pytest.raises(modelfetch.FetchError, match="sha256 config.json"):
+        modelfetch.install(man, staging, parent / "r4")
+    assert not (parent / "r4").exists()
+    # a repair replaces the folder in one rename
+    staging = write(parent / ".r3.partial")
+    modelfetch.install(man, staging, parent / "r3")
+    assert modelfetch.verify(parent / "r3", MANIFEST) == [] and not staging.exists()
+
+
+def test_real_client_against_the_local_hub(tmp_path):
+    """modelscope 1.30.0's snapshot_download, unpatched, over HTTPS with the test CA; a private model needs the token."""
+    src = write(tmp_path / "src")
+    modelhub.publish(tmp_path / "root", "org/m", "v1", src)
+    with modelhub.Hub(tmp_path / "root", tmp_path / "certs") as hub:
+        env = {**os.environ, "MODELSCOPE_DOMAIN": hub.domain(), "REQUESTS_CA_BUNDLE": str(hub.ca)}
+        env.pop("MODELSCOPE_API_TOKEN", None)
+        cmd = [sys.executable, str(modelstore.FETCH_SCRIPT), "fetch", "--model-id", "org/m", "--revision", "v1",
+               "--local-dir", str(tmp_path / "dl")]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads(r.stdout.splitlines()[-1])["size"] == 1012
+        assert hub.state.stats()["file_bytes"] == 1012
+        assert modelfetch.verify(tmp_path / "dl", MANIFEST) == []
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)  # cached: nothing fetched again
+        assert r.returncode == 0 and hub.state.stats()["file_bytes"] == 1012
+        (tmp_path / "dl" / "model.safetensors").write_bytes(b"X" * 1000)  # a corrupt controller cache is fetched again
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert r.returncode == 0 and hub.state.stats()["file_bytes"] == 2012, r.stderr[-2000:]
+        assert modelfetch.verify(tmp_path / "dl", MANIFEST) == []
+        r = subprocess.run([*cmd[:6], "v2", *cmd[7:]], env=env, capture_output=True, text=True)
+        assert r.returncode == 3 and "has no revision 'v2'" in r.stderr and "v1" in r.stderr
+        # private
+        modelhub.set_private(tmp_path / "root", "org/m", "tok-abc")
+        cmd[-1] = str(tmp_path / "dl2")
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert r.returncode == 3
+        r = subprocess.run(cmd, env={**env, "MODELSCOPE_API_TOKEN": "tok-abc"}, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "tok-abc" not in r.stdout + r.stderr
