@@ -497,8 +497,13 @@ def _plan_cpu(facts, s: Settings, model, model_dir, max_len, host_rows, errors, 
     return [ServerPlan("0", s.port, None, 1, dtype, env, args, mem, rows)]
 
 
-def _common_args(s: Settings, model_dir: str, port: int, dtype: str, max_len_arg: int | None) -> list[str]:
-    args = ["--model", model_dir, "--host", s.host, "--port", str(port), "--dtype", dtype]
+def _common_args(
+    s: Settings, model_dir: str, port: int, dtype: str, max_len_arg: int | None, gpu_util: float | None = None
+) -> list[str]:
+    args = ["--model", model_dir, "--host", s.host, "--port", str(port)]
+    if gpu_util is not None:
+        args += ["--gpu-memory-utilization", str(gpu_util)]
+    args += ["--dtype", dtype]
     if max_len_arg:
         args += ["--max-model-len", str(max_len_arg)]
     if s.max_num_seqs:
@@ -597,8 +602,7 @@ def _plan_cuda(facts, s: Settings, model, model_dir, max_len, host_rows, errors,
         env.update(_network_env(facts, "cuda", rows, warnings if n == 0 else []))
         env.update(_cache_env(s, name))
         env.update(s.extra_env)
-        args = _common_args(s, model_dir, port, dtype, max_len_arg=s.max_model_len)
-        args[6:6] = ["--gpu-memory-utilization", str(s.gpu_memory_utilization)]
+        args = _common_args(s, model_dir, port, dtype, max_len_arg=s.max_model_len, gpu_util=s.gpu_memory_utilization)
         rows.append(Row("--gpu-memory-utilization", str(s.gpu_memory_utilization), "gpu_memory_utilization (mineru-vllm-server would default to 0.5)"))
         if tp > 1:
             args += ["--tensor-parallel-size", str(tp)]
