@@ -96,6 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     for h in hosts:
         print(f"  {h.name}: http://{h.ip}:30000/v1/models   (ssh -F {sandbox.default_config().run}/ssh_config {h.name};"
               f" systemctl status mineru-vllm@0)")
-    print(f"  parse a PDF: mineru -p FILE.pdf -o out/ -b vlm-http-client -u http://{hosts[0].ip}:30000")
+    print(f"  parse a PDF: uv run python -m mineru_fleet.client http://{hosts[0].ip}:30000 [FILE.pdf]   (mineru -b vlm-http-client)")
     print("  stop the hosts: uv run mineru-fleet sandbox down")
     return 0
