@@ -58,9 +58,6 @@ EXTRA_COMMANDS = (
     "/usr/bin/python3 --version",
 )
 
-GIB = 1024**3
-MIB = 1024**2
-
 
 class FactsError(ValueError):
     """Raised when a command's output cannot be understood; names the file and the line."""

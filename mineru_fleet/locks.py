@@ -50,6 +50,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from .modelfetch import sha256_file  # noqa: F401  (re-exported: wheelhouse and tests use locks.sha256_file)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCK_DIR = REPO_ROOT / "locks"
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
@@ -191,12 +193,6 @@ def build_vllm_alias_wheel(dest: Path) -> Path:
     return build_local_wheel(VLLM_ALIAS, dest)
 
 
-def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- lock files

@@ -41,6 +41,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .modelfetch import sha256_file  # the one the hosts run too
+
 MASTER = "master"
 CHUNK = 64 * 1024
 #: An old creation time: modelscope picks tags created before its release date when no revision is given.
@@ -52,12 +54,6 @@ CREATED_AT = 1700000000
 # ------------------------------------------------------------------------------------------------
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def publish(root: Path, model_id: str, revision: str, src: Path) -> Path:
