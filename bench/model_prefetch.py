@@ -25,8 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mineru_fleet import modelhub, sandbox, tinymodel  # noqa: E402
-from mineru_fleet.quickstart import MODEL_DIR  # noqa: E402
+from mineru_fleet.sandbox import modelhub
+from mineru_fleet import sandbox
+from mineru_fleet.sandbox import tinymodel  # noqa: E402
+from mineru_fleet.sandbox.quickstart import MODEL_DIR  # noqa: E402
 
 MODEL = "mineru-fleet/bench-qwen2vl"
 REV = "v1.0.0"

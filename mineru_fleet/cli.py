@@ -1,6 +1,6 @@
 """``mineru-fleet``: what pyinfra is not — plan, diagnose (and, as they land, sandbox, rollout).
 
-    mineru-fleet plan --facts shared/fixtures/hosts/seed-2x2080ti --data tensor_parallel_size=2
+    mineru-fleet plan --facts examples/hosts/seed-2x2080ti --data tensor_parallel_size=2
     mineru-fleet plan --host inventory/production.py --save facts/
     mineru-fleet plan --host @local --json
     mineru-fleet plan --facts DIR --calibrate server.log
@@ -16,12 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-from . import modelinfo
-from .factsdir import load_host_facts, write_facts_dir
-from .hostfacts import FactsError, build_host_facts
-from .planner import PlanError, plan
-from .render import errors_text, plan_text
-from .settings import SettingsError, load_settings, parse_data_args
+from mineru_fleet.core import modelinfo
+from mineru_fleet.controller.factsdir import load_host_facts, write_facts_dir
+from mineru_fleet.core.hostfacts import FactsError, build_host_facts
+from mineru_fleet.core.planner import PlanError, plan
+from mineru_fleet.core.render import errors_text, plan_text
+from mineru_fleet.core.settings import SettingsError, load_settings, parse_data_args
 
 EXIT_BAD_INPUT = 2
 EXIT_UNREACHABLE = 3
@@ -43,7 +43,7 @@ def _calibrate(p, js: dict, text: str, args) -> tuple[dict, str]:
     """Re-plan with the memory a startup log measured; show predicted vs calibrated vs measured."""
     from dataclasses import asdict
 
-    from . import diagnose as dg
+    from mineru_fleet.core import diagnose as dg
 
     d = args._calibration
     model2, changed = dg.measured_model(d, p.model)
@@ -98,7 +98,7 @@ def cmd_plan(args) -> int:
     rc = 0
     args._calibration = None
     if getattr(args, "calibrate", None):
-        from . import diagnose as dg
+        from mineru_fleet.core import diagnose as dg
 
         try:
             args._calibration = dg.parse_log(Path(args.calibrate).read_bytes())
@@ -113,7 +113,7 @@ def cmd_plan(args) -> int:
             return EXIT_BAD_INPUT
         hosts.append((facts.host, facts, data))
     else:
-        from .gather import GatherError, gather
+        from mineru_fleet.controller.gather import GatherError, gather
 
         try:
             gathered = gather(args.host)
@@ -153,7 +153,7 @@ def cmd_plan(args) -> int:
 
 
 def dg_journal_line(line: str) -> bool:
-    from .diagnose import RE_JOURNAL_ISO
+    from mineru_fleet.core.diagnose import RE_JOURNAL_ISO
 
     return bool(RE_JOURNAL_ISO.match(line))
 
@@ -165,7 +165,7 @@ def _diag_server(p, unit: str):
 
 def _diagnose_one(label: str, raw: bytes, args, plan_obj=None, plan_note: str | None = None) -> tuple[dict, str, int]:
     """(json, text, exit code) for one log."""
-    from . import diagnose as dg
+    from mineru_fleet.core import diagnose as dg
 
     try:
         d = dg.parse_log(raw)
@@ -213,7 +213,7 @@ def cmd_diagnose(args) -> int:
                 return EXIT_BAD_INPUT
         results.append(_diagnose_one(args.journal, raw, args, plan_obj, note))
     else:
-        from .gather import GatherError, gather_journals
+        from mineru_fleet.controller.gather import GatherError, gather_journals
 
         if (args.host.endswith(".py") or "/" in args.host) and not Path(args.host).exists():
             print(f"error: inventory {args.host!r} does not exist", file=sys.stderr)
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plan", help="plan the vLLM servers of a host from its facts")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--facts", metavar="DIR", help="a facts folder (format of shared/fixtures/hosts/*)")
+    src.add_argument("--facts", metavar="DIR", help="a facts folder (format of examples/hosts/*)")
     src.add_argument("--host", metavar="INVENTORY_OR_HOST", help="gather facts live via pyinfra: an inventory file, host or @local")
     p.add_argument("--data", action="append", metavar="KEY=VALUE", help="an inventory variable (repeatable)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -292,13 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sandbox(rest: list[str]) -> int:
+    from mineru_fleet.sandbox import quickstart
+    from mineru_fleet.sandbox.__main__ import main as sandbox_main
+
     if rest[:1] == ["run"]:
-        from . import quickstart
-
         return quickstart.main(rest[1:])
-    from . import sandbox
-
-    return sandbox.main(rest) or 0
+    rc = sandbox_main(rest) or 0
+    if rest[:1] == ["down"] and rc == 0:
+        quickstart.stop_hub()
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:

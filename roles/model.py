@@ -26,10 +26,10 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import files, server
 
-from mineru_fleet import modelstore
-from mineru_fleet.planner import Plan
-from mineru_fleet.settings import Settings
-from mineru_fleet.units import ENV_DIR, paths
+from mineru_fleet.controller import modelstore
+from mineru_fleet.core.planner import Plan
+from mineru_fleet.core.settings import Settings
+from mineru_fleet.core.units import ENV_DIR, paths
 
 HOST_CA = f"{ENV_DIR}/modelhub-ca.pem"
 HOST_TOKEN = f"{ENV_DIR}/modelscope-token"

@@ -16,13 +16,14 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 
-from mineru_fleet import modelinfo, modelstore
-from mineru_fleet.gather import host_paths
-from mineru_fleet.hostfacts import FactsError, build_host_facts
-from mineru_fleet.planner import Plan, PlanError, plan
-from mineru_fleet.render import errors_text, plan_text
-from mineru_fleet.settings import Settings, SettingsError, load_settings
-from roles.facts import PreflightFiles
+from mineru_fleet.core import modelinfo
+from mineru_fleet.controller import modelstore
+from mineru_fleet.controller.gather import host_paths
+from mineru_fleet.core.hostfacts import FactsError, build_host_facts
+from mineru_fleet.core.planner import Plan, PlanError, plan
+from mineru_fleet.core.render import errors_text, plan_text
+from mineru_fleet.core.settings import Settings, SettingsError, load_settings
+from mineru_fleet.controller.facts import PreflightFiles
 
 
 class PreflightError(PyinfraError):

@@ -19,20 +19,20 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
-from mineru_fleet.locks import lock_path
-from mineru_fleet.planner import Plan
-from mineru_fleet.settings import Settings
-from mineru_fleet.units import paths
-from mineru_fleet.wheelhouse import release_id
+from mineru_fleet.controller.locks import lock_path
+from mineru_fleet.paths import ONHOST, REPO
+from mineru_fleet.core.planner import Plan
+from mineru_fleet.core.settings import Settings
+from mineru_fleet.core.units import paths
+from mineru_fleet.controller.wheelhouse import release_id
 
-PKG = Path(__file__).resolve().parents[1] / "mineru_fleet"
 COMPLETE = ".mineru-fleet-complete"
 CUDA_NCCL = "2.27.3"  # nvidia-nccl-cu12 pinned by locks/cuda.txt (torch 2.8.0)
 
 
 def controller_uv() -> str:
     """The uv binary shipped to hosts (the project's own, pinned by uv.lock)."""
-    here = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "uv"
+    here = REPO / ".venv" / "bin" / "uv"
     found = str(here) if here.is_file() else shutil.which("uv")
     if not found:
         raise RuntimeError("no uv binary on the controller: run `uv sync` first")
@@ -73,8 +73,8 @@ def runtime(plan: Plan, settings: Settings) -> list:
     for d in (settings.install_dir, p["releases"], p["bin_dir"], rel):
         files.directory(name=f"Directory {d}", path=d, user="root", group="root", mode="755")
     files.put(name="uv binary", src=controller_uv(), dest=f"{p['bin_dir']}/uv", mode="755")
-    files.put(name="Readiness gate", src=str(PKG / "ready.py"), dest=f"{p['bin_dir']}/mineru-fleet-ready", mode="755")
-    files.put(name="GPU check", src=str(PKG / "gpucheck.py"), dest=f"{p['bin_dir']}/mineru-fleet-gpucheck", mode="755")
+    files.put(name="Readiness gate", src=str(ONHOST / "ready.py"), dest=f"{p['bin_dir']}/mineru-fleet-ready", mode="755")
+    files.put(name="GPU check", src=str(ONHOST / "gpucheck.py"), dest=f"{p['bin_dir']}/mineru-fleet-gpucheck", mode="755")
     files.put(name=f"Lock {plan.profile}", src=str(lock_path(plan.profile)), dest=f"{rel}/lock.txt", mode="644")
 
     changes = []

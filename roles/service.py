@@ -15,9 +15,9 @@ from pyinfra.facts.files import FindFiles
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, systemd
 
-from mineru_fleet.planner import Plan
-from mineru_fleet.settings import Settings
-from mineru_fleet.units import ENV_DIR, UNIT_NAME, env_file_path, render_env_file, render_unit
+from mineru_fleet.core.planner import Plan
+from mineru_fleet.core.settings import Settings
+from mineru_fleet.core.units import ENV_DIR, UNIT_NAME, env_file_path, render_env_file, render_unit
 
 
 def instance(name: str) -> str:

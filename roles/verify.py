@@ -10,9 +10,9 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
-from mineru_fleet.planner import Plan
-from mineru_fleet.settings import Settings
-from mineru_fleet.units import paths
+from mineru_fleet.core.planner import Plan
+from mineru_fleet.core.settings import Settings
+from mineru_fleet.core.units import paths
 
 READY_TIMEOUT_S = 600
 

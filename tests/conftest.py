@@ -2,12 +2,14 @@ from pathlib import Path
 
 import pytest
 
+from mineru_fleet.paths import EXAMPLE_HOSTS
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_HOSTS = REPO.parent / "shared" / "fixtures" / "hosts"
-OWN_HOSTS = REPO / "tests" / "fixtures" / "hosts"
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture
 def hosts_dir() -> Path:
-    assert SHARED_HOSTS.is_dir(), f"{SHARED_HOSTS} missing: the shared fixtures must sit beside the checkout"
-    return SHARED_HOSTS
+    """The example facts folders the README's commands use (``examples/hosts/``)."""
+    assert EXAMPLE_HOSTS.is_dir(), f"{EXAMPLE_HOSTS} missing"
+    return EXAMPLE_HOSTS

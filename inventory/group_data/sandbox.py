@@ -2,7 +2,7 @@
 tiny random Qwen2-VL model (mineru_fleet/tinymodel.py) that the real modelscope client fetches from the
 local ModelScope-compatible HTTPS hub that `sandbox run` starts (mineru_fleet/modelhub.py, quickstart.start_hub)."""
 
-from mineru_fleet import quickstart as _qs
+from mineru_fleet.sandbox import quickstart as _qs
 
 profile = "cpu"
 model_id = _qs.HUB_MODEL_ID                       # "mineru-fleet/tiny-qwen2vl"

@@ -11,11 +11,14 @@ import os
 import pytest
 import testinfra
 
-from mineru_fleet import modelhub, modelinfo, quickstart, sandbox
-from mineru_fleet.gather import gather
-from mineru_fleet.hostfacts import build_host_facts
-from mineru_fleet.planner import plan
-from mineru_fleet.settings import load_settings
+from mineru_fleet.sandbox import modelhub
+from mineru_fleet.core import modelinfo
+from mineru_fleet.sandbox import quickstart
+from mineru_fleet import sandbox
+from mineru_fleet.controller.gather import gather
+from mineru_fleet.core.hostfacts import build_host_facts
+from mineru_fleet.core.planner import plan
+from mineru_fleet.core.settings import load_settings
 
 N_HOSTS = int(os.environ.get("MINERU_FLEET_E2E_HOSTS", "2"))
 

@@ -15,9 +15,10 @@ import zlib
 import pytest
 import requests
 
-from mineru_fleet import client, quickstart
-from mineru_fleet.samplepdf import make_sample_pdf
-from mineru_fleet.units import parse_env_file
+from mineru_fleet.sandbox import client
+from mineru_fleet.sandbox import quickstart
+from mineru_fleet.sandbox.samplepdf import make_sample_pdf
+from mineru_fleet.core.units import parse_env_file
 
 pytestmark = pytest.mark.e2e
 UNIT = "mineru-vllm@0"

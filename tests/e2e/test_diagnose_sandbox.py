@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from mineru_fleet import diagnose as dg
-from mineru_fleet import quickstart
+from mineru_fleet.core import diagnose as dg
+from mineru_fleet.sandbox import quickstart
 
 pytestmark = pytest.mark.e2e
 UNIT = "mineru-vllm@0"

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mineru_fleet import modelhub, sandbox, tinymodel
-from mineru_fleet.quickstart import MODEL_DIR, REPO
+from mineru_fleet.sandbox import modelhub
+from mineru_fleet import sandbox
+from mineru_fleet.sandbox import tinymodel
+from mineru_fleet.sandbox.quickstart import MODEL_DIR, REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -145,8 +147,8 @@ def test_wrong_revision_fails_in_preflight_before_any_change(hosts, hub, tmp_pat
 
 
 def test_branch_revision_warns_unpinned(hosts, hub, tmp_path):
-    from mineru_fleet import modelstore
-    from mineru_fleet.settings import Settings
+    from mineru_fleet.controller import modelstore
+    from mineru_fleet.core.settings import Settings
 
     s = Settings(model_id=MODEL, model_revision="master", modelscope_domain=hub.domain("127.0.0.1"),
                  modelscope_ca_bundle=str(hub.ca), model_cache_dir=str(tmp_path / "c"))

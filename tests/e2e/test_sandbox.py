@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from mineru_fleet import sandbox
+from mineru_fleet.sandbox.image import cgroup_dirs
+from mineru_fleet.sandbox.procs import pid_exists
 
 pytestmark = [
     pytest.mark.e2e,
@@ -107,7 +109,7 @@ def test_down_removes_everything_it_started(tmp_path, sandbox_hosts):
     d = cfg.run / h.name
     sup = int((d / "supervisor.pid").read_text())
     fs = int((cfg.run / "fileserver.pid").read_text())
-    cgroups = sandbox._cgroup_dirs(h.name)
+    cgroups = cgroup_dirs(h.name)
     pids = {"nspawn": h.nspawn_pid, "init": h.leader_pid, "supervisor": sup, "fileserver": fs}
     assert all(Path(f"/proc/{p}").exists() for p in pids.values()), pids
     assert _mounted(d / "root")
@@ -119,7 +121,7 @@ def test_down_removes_everything_it_started(tmp_path, sandbox_hosts):
 
     sandbox.down(cfg)
 
-    alive = {k: p for k, p in pids.items() if sandbox._pid_exists(p)}
+    alive = {k: p for k, p in pids.items() if pid_exists(p)}
     assert not alive, f"still running: {alive}"
     assert not _mounted(d / "root")
     assert not any(c.exists() for c in cgroups)

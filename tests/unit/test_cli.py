@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, SHARED_HOSTS
+from mineru_fleet.paths import EXAMPLE_HOSTS
+from tests.conftest import REPO
 
-SEED = str(SHARED_HOSTS / "seed-2x2080ti")
-H100 = str(SHARED_HOSTS / "h100-1x")
+SEED = str(EXAMPLE_HOSTS / "seed-2x2080ti")
+H100 = str(EXAMPLE_HOSTS / "h100-1x")
 
 
 def run(*args, cwd=REPO):
@@ -61,7 +62,7 @@ def test_missing_facts_folder():
 
 def test_folder_without_query_gpu_is_a_cpu_host(tmp_path):
     for name in ("os.txt", "extra.txt"):
-        (tmp_path / name).write_text((SHARED_HOSTS / "h100-1x" / name).read_text())
+        (tmp_path / name).write_text((EXAMPLE_HOSTS / "h100-1x" / name).read_text())
     r = run("plan", "--facts", str(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["profile"] == "cpu"

@@ -7,18 +7,19 @@ import sys
 
 import pytest
 
-from mineru_fleet import diagnose as dg
-from mineru_fleet.factsdir import load_host_facts
-from mineru_fleet.modelinfo import MINERU25_PROFILE
-from mineru_fleet.planner import plan
-from mineru_fleet.settings import load_settings
-from tests.conftest import REPO, SHARED_HOSTS
+from mineru_fleet.core import diagnose as dg
+from mineru_fleet.controller.factsdir import load_host_facts
+from mineru_fleet.core.modelinfo import MINERU25_PROFILE
+from mineru_fleet.core.planner import plan
+from mineru_fleet.core.settings import load_settings
+from mineru_fleet.paths import EXAMPLE_HOSTS
+from tests.conftest import REPO
 
 LOGS = REPO / "tests" / "fixtures" / "logs"
 GPU_LOG = LOGS / "gpu-2x2080ti-reference.log"
 MF1 = LOGS / "cpu-sandbox-mf1.journal"
 MF2 = LOGS / "cpu-sandbox-mf2.journal"
-SEED = SHARED_HOSTS / "seed-2x2080ti"
+SEED = EXAMPLE_HOSTS / "seed-2x2080ti"
 REF_DATA = {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.3, "max_model_len": 16384}
 
 
@@ -106,7 +107,7 @@ def test_gpu_every_warning_line_is_kept(gpu):
 @pytest.mark.parametrize(
     "code, line_part, fix_part, preventable",
     [
-        # every row of ../shared/fixtures/hosts/seed-2x2080ti/README.md
+        # every row of examples/hosts/seed-2x2080ti/README.md
         ("dtype-fallback", "doesn't support torch.bfloat16", "dtype: auto", True),
         ("dtype-cast", "Casting torch.bfloat16 to torch.float16", "none needed", False),
         ("xformers-backend", "Using XFormers backend.", "", False),
@@ -338,7 +339,7 @@ def test_cli_plan_calibrate_bad_log(tmp_path):
 
 # ---------------------------------------------------------------------------- host reading, plan drift
 def test_unit_journal_fact_splits_its_output():
-    from roles.journal import MARK, UnitJournal, journal_script
+    from mineru_fleet.controller.journal import MARK, UnitJournal, journal_script
 
     script = journal_script("mineru-vllm@0")
     assert "_SYSTEMD_INVOCATION_ID=\"$inv\" + INVOCATION_ID=\"$inv\"" in script and " -a " in script

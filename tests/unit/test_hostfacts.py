@@ -1,10 +1,10 @@
-"""Parsers on every fixture file (shared reference hosts and our own live H100 capture)."""
+"""Parsers on every fixture file (the example hosts in examples/hosts/)."""
 
 
 import pytest
 
-from mineru_fleet.factsdir import load_host_facts, read_facts_dir, write_facts_dir
-from mineru_fleet.hostfacts import (
+from mineru_fleet.controller.factsdir import load_host_facts, read_facts_dir, write_facts_dir
+from mineru_fleet.core.hostfacts import (
     FactsError,
     build_host_facts,
     parse_driver_cuda,
@@ -17,14 +17,14 @@ from mineru_fleet.hostfacts import (
     parse_query_gpu,
     parse_topo_matrix,
 )
-from roles.facts import split_marked, _script
-from tests.conftest import OWN_HOSTS, SHARED_HOSTS
+from mineru_fleet.controller.facts import split_marked, _script
+from mineru_fleet.paths import EXAMPLE_HOSTS
 
 GIB = 1024**3
 
 
 def read(host: str, name: str) -> str:
-    base = OWN_HOSTS if (OWN_HOSTS / host).is_dir() else SHARED_HOSTS
+    base = EXAMPLE_HOSTS
     return (base / host / name).read_text()
 
 
@@ -141,16 +141,16 @@ def test_listening_ports():
 
 
 def test_no_nvidia_smi_means_no_gpus(tmp_path):
-    files = read_facts_dir(SHARED_HOSTS / "seed-2x2080ti")
+    files = read_facts_dir(EXAMPLE_HOSTS / "seed-2x2080ti")
     cpu_files = {k: v for k, v in files.items() if k in ("os.txt", "extra.txt")}
     f = build_host_facts("cpu-host", cpu_files)
     assert not f.has_nvidia_smi and f.gpus == ()
 
 
 def test_facts_dir_roundtrip(tmp_path):
-    files = read_facts_dir(SHARED_HOSTS / "h100-1x")
+    files = read_facts_dir(EXAMPLE_HOSTS / "h100-1x")
     write_facts_dir(tmp_path / "copy", files)
-    assert load_host_facts(tmp_path / "copy", host="h") == load_host_facts(SHARED_HOSTS / "h100-1x", host="h")
+    assert load_host_facts(tmp_path / "copy", host="h") == load_host_facts(EXAMPLE_HOSTS / "h100-1x", host="h")
 
 
 def test_missing_os_txt_is_a_clear_error(tmp_path):
@@ -173,7 +173,7 @@ def test_live_script_output_splits_into_facts_files():
 
 
 def test_python_version():
-    from mineru_fleet.hostfacts import parse_python_version
+    from mineru_fleet.core.hostfacts import parse_python_version
 
     assert parse_python_version(parse_extra("### /usr/bin/python3 --version\nPython 3.13.5\n### rc=0\n")) == (3, 13)
     assert parse_python_version(parse_extra("### /usr/bin/python3 --version\nsh: 1: /usr/bin/python3: not found\n### rc=127\n")) is None

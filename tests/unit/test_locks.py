@@ -14,9 +14,9 @@ import zipfile
 
 import pytest
 
-from mineru_fleet import locks
-from mineru_fleet.locks import PROFILES, build_vllm_alias_wheel, lock_digest, lock_path, parse_lock, sha256_file
-from mineru_fleet.wheelhouse import release_id, release_venv
+from mineru_fleet.controller import locks
+from mineru_fleet.controller.locks import PROFILES, build_vllm_alias_wheel, lock_digest, lock_path, parse_lock, sha256_file
+from mineru_fleet.controller.wheelhouse import release_id, release_venv
 
 
 def pins(profile: str):
@@ -37,7 +37,7 @@ def test_lock_is_committed_fully_pinned_and_hashed(profile):
 def test_lock_header_says_how_it_was_made(profile):
     text = lock_path(profile).read_text()
     head = text.split("\n\n", 1)[0]
-    assert f"python -m mineru_fleet.locks {profile}" in head
+    assert f"python -m mineru_fleet.controller.locks {profile}" in head
     assert "uv pip compile" in head
     assert "--exclude-newer 2025-10-01" in head
     assert f"--python-version {PROFILES[profile].python_version}" in head

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from mineru_fleet import modelfetch, modelhub, modelstore
-from mineru_fleet.settings import Settings, SettingsError, load_settings
+from mineru_fleet.onhost import modelfetch
+from mineru_fleet.sandbox import modelhub
+from mineru_fleet.controller import modelstore
+from mineru_fleet.paths import EXAMPLE_HOSTS
+from mineru_fleet.core.settings import Settings, SettingsError, load_settings
 
 
 def entry(path, data: bytes):
@@ -104,14 +107,14 @@ def test_token_file_must_be_private(tmp_path):
 
 
 def test_token_is_never_rendered(tmp_path, monkeypatch):
-    from mineru_fleet.hostfacts import build_host_facts
-    from mineru_fleet.planner import plan
-    from mineru_fleet.units import render_env_file, render_unit
+    from mineru_fleet.core.hostfacts import build_host_facts
+    from mineru_fleet.core.planner import plan
+    from mineru_fleet.core.units import render_env_file, render_unit
 
     monkeypatch.setenv("MODELSCOPE_API_TOKEN", "tok-SECRET-123")
     s = Settings(profile="cpu", model_id="mineru-fleet/tiny", model_revision="v1")
-    shared = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "hosts"
-    from mineru_fleet.factsdir import read_facts_dir
+    shared = EXAMPLE_HOSTS
+    from mineru_fleet.controller.factsdir import read_facts_dir
 
     folder = next(p for p in sorted(shared.iterdir()) if (p / "os.txt").is_file())
     facts = build_host_facts(folder.name, read_facts_dir(folder))

@@ -5,26 +5,27 @@ import json
 
 import pytest
 
-from mineru_fleet.factsdir import load_host_facts, read_facts_dir
-from mineru_fleet.hostfacts import Disk, build_host_facts
-from mineru_fleet.modelinfo import MINERU25_PROFILE, ModelFacts
-from mineru_fleet.planner import PlanError, plan
-from mineru_fleet.settings import load_settings
-from tests.conftest import OWN_HOSTS, SHARED_HOSTS
+from mineru_fleet.controller.factsdir import load_host_facts, read_facts_dir
+from mineru_fleet.core.hostfacts import Disk, build_host_facts
+from mineru_fleet.core.modelinfo import MINERU25_PROFILE, ModelFacts
+from mineru_fleet.core.planner import PlanError, plan
+from mineru_fleet.core.settings import load_settings
+from mineru_fleet.paths import EXAMPLE_HOSTS
+from tests.conftest import FIXTURES
 
 REFERENCE = {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.3, "max_model_len": 16384}
 
 
 def seed():
-    return load_host_facts(SHARED_HOSTS / "seed-2x2080ti")
+    return load_host_facts(EXAMPLE_HOSTS / "seed-2x2080ti")
 
 
 def h100():
-    return load_host_facts(SHARED_HOSTS / "h100-1x")
+    return load_host_facts(EXAMPLE_HOSTS / "h100-1x")
 
 
 def cpu_host(**os_overrides):
-    files = read_facts_dir(SHARED_HOSTS / "h100-1x")
+    files = read_facts_dir(EXAMPLE_HOSTS / "h100-1x")
     f = build_host_facts("cpu-1", {k: v for k, v in files.items() if k in ("os.txt", "extra.txt")})
     return dataclasses.replace(f, **os_overrides) if os_overrides else f
 
@@ -93,10 +94,10 @@ def test_h100_plan():
 
 
 def test_live_h100_capture_plans_like_the_fixture():
-    live = load_host_facts(OWN_HOSTS / "h100-live", host="h")
-    fixture = load_host_facts(SHARED_HOSTS / "h100-1x", host="h")
+    live = load_host_facts(EXAMPLE_HOSTS / "h100-live", host="h")
+    fixture = load_host_facts(EXAMPLE_HOSTS / "h100-1x", host="h")
     assert P(live).to_json() == P(fixture).to_json()
-    recorded = json.loads((OWN_HOSTS / "h100-live-plan.json").read_text())
+    recorded = json.loads((FIXTURES / "h100-live-plan.json").read_text())
     recorded["host"] = "h"
     assert P(live).to_json() == recorded
 
@@ -243,8 +244,37 @@ def test_host_python_must_match_the_lock():
 
 
 def test_lock_python_matches_the_committed_locks():
-    from mineru_fleet.planner import LOCK_PYTHON
+    from mineru_fleet.core.planner import LOCK_PYTHON
     from tests.conftest import REPO
 
     for profile, (major, minor) in LOCK_PYTHON.items():
         assert f"--python-version {major}.{minor} " in (REPO / "locks" / f"{profile}.txt").read_text()
+
+
+@pytest.mark.parametrize("host", ["h100-1x", "h100-live", "seed-2x2080ti"])
+def test_default_plan_for_the_real_model_knows_every_figure(host):
+    """With max_model_len unset, the built-in MinerU2.5 profile's context length (32768) fills every figure."""
+    p = P(load_host_facts(EXAMPLE_HOSTS / host, host="h"))
+    assert "max-model-len-unknown" not in codes(p)
+    for sv in p.servers:
+        mem = sv.memory
+        assert None not in (mem.visible_gib, mem.budget_gib, mem.weights_gib, mem.kv_cache_gib, mem.kv_cache_tokens, mem.max_concurrency)
+        assert mem.max_model_len == 32768 and mem.max_model_len_from == "model"
+        assert mem.max_concurrency == pytest.approx(mem.kv_cache_tokens / 32768, abs=0.01)
+
+
+def test_real_2x_h200_capture():
+    """A capture of a lent 2x H200 host: CUDA-visible memory is exactly what the host's torch reported."""
+    facts = load_host_facts(EXAMPLE_HOSTS / "h200-2x", host="h")
+    torch_total = 150109880320  # examples/hosts/h200-2x/nccl.txt: torch.cuda.get_device_properties(i).total_memory
+    assert str(torch_total) in (EXAMPLE_HOSTS / "h200-2x" / "nccl.txt").read_text()
+    p = P(facts)
+    assert [s.cuda_visible_devices for s in p.servers] == ["0", "1"]  # one server per GPU by default
+    for s in p.servers:
+        assert s.memory.visible_gib == pytest.approx(torch_total / 2**30, abs=0.005)
+        assert s.dtype == "bfloat16" and "VLLM_ATTENTION_BACKEND" not in s.env
+    tp = P(facts, tensor_parallel_size=2)
+    (s,) = tp.servers
+    assert s.cuda_visible_devices == "0,1"
+    assert "--disable-custom-all-reduce" not in s.args  # NVLink: P2P OK both ways
+    assert "--disable-custom-all-reduce" in P(seed(), tensor_parallel_size=2).servers[0].args  # the 2080 Ti pair has none

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from mineru_fleet.samplepdf import DEFAULT_LINES, DEFAULT_TABLE, DEFAULT_TITLE, make_sample_pdf, sample_pdf_bytes
+from mineru_fleet.sandbox.samplepdf import DEFAULT_LINES, DEFAULT_TABLE, DEFAULT_TITLE, make_sample_pdf, sample_pdf_bytes
 
 
 def _parse(data: bytes) -> dict:

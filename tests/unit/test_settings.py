@@ -1,6 +1,6 @@
 import pytest
 
-from mineru_fleet.settings import DEFAULTS, Settings, SettingsError, load_settings, parse_data_args
+from mineru_fleet.core.settings import DEFAULTS, Settings, SettingsError, load_settings, parse_data_args
 
 
 def test_defaults_documented_and_valid():

@@ -19,7 +19,7 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from mineru_fleet import tinymodel as tm
+from mineru_fleet.sandbox import tinymodel as tm
 
 FIXTURE = json.loads((Path(__file__).parents[1] / "fixtures" / "tiny_qwen2vl_tensors.json").read_text())
 VISION_TRIPLE = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -215,5 +215,5 @@ def test_rerun_leaves_identical_files_alone(tmp_path):
 
 def test_cli(tmp_path):
     out = tmp_path / "cli"
-    r = subprocess.run([sys.executable, "-m", "mineru_fleet.tinymodel", str(out)], capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, "-m", "mineru_fleet.sandbox.tinymodel", str(out)], capture_output=True, text=True, check=True)
     assert (out / "model.safetensors").is_file() and "model.safetensors" in r.stdout

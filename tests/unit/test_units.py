@@ -2,18 +2,18 @@
 
 import pytest
 
-from mineru_fleet.factsdir import load_host_facts
-from mineru_fleet.gpucheck import problems
-from mineru_fleet.planner import plan
-from mineru_fleet.ready import url_from_env
-from mineru_fleet.settings import load_settings
-from mineru_fleet.units import envquote, parse_env_file, render_env_file, render_unit
-from tests.conftest import SHARED_HOSTS
+from mineru_fleet.controller.factsdir import load_host_facts
+from mineru_fleet.onhost.gpucheck import problems
+from mineru_fleet.core.planner import plan
+from mineru_fleet.onhost.ready import url_from_env
+from mineru_fleet.core.settings import load_settings
+from mineru_fleet.core.units import envquote, parse_env_file, render_env_file, render_unit
+from mineru_fleet.paths import EXAMPLE_HOSTS
 
 
 def seed_plan(**data):
     s = load_settings({"tensor_parallel_size": 2, **data}, "seed")
-    return plan(load_host_facts(SHARED_HOSTS / "seed-2x2080ti"), s), s
+    return plan(load_host_facts(EXAMPLE_HOSTS / "seed-2x2080ti"), s), s
 
 
 def test_env_file_is_exactly_the_plan():
@@ -74,7 +74,7 @@ def test_ready_gives_up_when_the_server_process_is_gone():
     import subprocess
     import sys
 
-    from mineru_fleet.ready import wait_ready
+    from mineru_fleet.onhost.ready import wait_ready
 
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()

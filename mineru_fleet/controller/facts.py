@@ -1,0 +1,77 @@
+"""pyinfra facts of the preflight: one round trip per host gathers every preflight command.
+
+The fact returns ``{file name: raw text}`` in the format of a facts folder
+(``examples/hosts/``), so the same parsers read a live host and a saved capture.
+
+Example::
+
+    from mineru_fleet.controller.facts import PreflightFiles
+    files = host.get_fact(PreflightFiles, paths=["/opt/mineru-fleet", "/var/lib/mineru-fleet"])
+    files["os.txt"]
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra.api import FactBase
+
+from mineru_fleet.core.hostfacts import COMMANDS, EXTRA_COMMANDS, GPU_FILES
+
+MARK = "##MINERU-FLEET-FILE## "
+
+
+def _script(paths: list[str]) -> str:
+    """Shell script printing each facts file after a marker line (always exits 0)."""
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    lines = [
+        "export LC_ALL=C",
+        # nearest existing ancestor of each path, for df
+        f'dfpaths=""; for p in {quoted}; do while [ ! -e "$p" ]; do p=$(dirname "$p"); done; dfpaths="$dfpaths $p"; done',
+        f"echo '{MARK}os.txt'; {{ {COMMANDS['os.txt']}; }} 2>&1",
+        "if command -v nvidia-smi >/dev/null 2>&1; then",
+        f"  if out=$({COMMANDS['query-gpu.csv']} 2>&1); then",
+        f"    echo '{MARK}query-gpu.csv'; printf '%s\\n' \"$out\"",
+    ]
+    for name in GPU_FILES[1:]:
+        lines.append(f"    echo '{MARK}{name}'; {{ {COMMANDS[name]}; }} 2>&1")
+    lines += [
+        f"  else echo '{MARK}nvidia-smi-error.txt'; printf '%s\\n' \"$out\"; fi",
+        "fi",
+        f"echo '{MARK}extra.txt'",
+    ]
+    for cmd in EXTRA_COMMANDS:
+        run = cmd.replace("{paths}", "$dfpaths")
+        lines.append(f'echo "### {run}"' if "{paths}" in cmd else f"echo {shlex.quote('### ' + cmd)}")
+        lines.append(f"{{ {run}; }} 2>&1; echo \"### rc=$?\"")
+    lines.append("true")
+    return "\n".join(lines)
+
+
+def split_marked(lines: list[str]) -> dict[str, str]:
+    """Split the fact's output at the marker lines into {file name: text}."""
+    files: dict[str, list[str]] = {}
+    current = None
+    for line in lines:
+        if line.startswith(MARK):
+            current = line[len(MARK) :].strip()
+            files[current] = []
+        elif current is not None:
+            files[current].append(line)
+    return {name: "\n".join(body) + "\n" for name, body in files.items()}
+
+
+class PreflightFiles(FactBase):
+    """Raw output of every preflight command, as ``{file name: text}`` (see ``mineru_fleet.core.hostfacts``).
+
+    Example::
+
+        host.get_fact(PreflightFiles, paths=["/opt/mineru-fleet"])
+        {"os.txt": "PRETTY_NAME=...", "query-gpu.csv": "0, GPU-..., ...", "extra.txt": "### ..."}
+    """
+
+    def command(self, paths: list[str] | None = None) -> str:
+        return "sh -c " + shlex.quote(_script(list(paths or ["/"])))
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        return split_marked(output)
