@@ -3,7 +3,7 @@
     uv run python bench/model_prefetch.py [--pad-mib 256]          (root: boots sandbox hosts mp1..mp3)
 
 The model is the tiny Qwen2-VL folder plus one random file of --pad-mib MiB (so transfer, not
-overhead, dominates), published on a local HTTPS hub (mineru_fleet/modelhub.py) that counts the
+overhead, dominates), published on a local HTTPS hub (mineru_fleet/sandbox/modelhub.py) that counts the
 file bytes it serves. Each run starts clean (no model on the hosts, an empty controller cache) and
 times `pyinfra INV tests/e2e/deploy_model_only.py` (preflight + model roles). Host mode hosts get a
 small modelscope venv first (not timed). Results: a Markdown table on stdout and

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from mineru_fleet.core import modelinfo
+from mineru_fleet.paths import checkout_problem
 from mineru_fleet.controller.factsdir import load_host_facts, write_facts_dir
 from mineru_fleet.core.hostfacts import FactsError, build_host_facts
 from mineru_fleet.core.planner import PlanError, plan
@@ -305,6 +306,10 @@ def _sandbox(rest: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = checkout_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     return args.func(args)
 
 

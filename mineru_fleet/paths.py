@@ -26,3 +26,20 @@ LOCKS = REPO / "locks"
 EXAMPLE_HOSTS = REPO / "examples" / "hosts"
 #: the stand-alone programs copied to hosts
 ONHOST = Path(__file__).resolve().parent / "onhost"
+
+
+def checkout_problem() -> str | None:
+    """Why this installation cannot find its checkout (None when it can).
+
+    A wheel installed outside a checkout (``pip install``, ``uv tool install``) carries only the
+    ``mineru_fleet`` package: the deploy files live in the repository, so it needs
+    ``MINERU_FLEET_REPO`` pointing at a clone.
+    """
+    missing = [name for name in ("deploy.py", "templates", "locks") if not (REPO / name).exists()]
+    if not missing:
+        return None
+    return (
+        f"mineru-fleet is used from a checkout of the project, and {REPO} has no {', '.join(missing)}. "
+        "Fix: git clone the project and run `uv run mineru-fleet ...` inside it, or set "
+        "MINERU_FLEET_REPO to the clone's folder."
+    )

@@ -1,6 +1,6 @@
 """Inventory variables for every host, with their defaults (see README "Inventory variables").
 
-Uncomment and change what you need; anything not listed in mineru_fleet/settings.py is
+Uncomment and change what you need; anything not listed in mineru_fleet/core/settings.py is
 rejected with the name of the variable and the closest known one.
 """
 

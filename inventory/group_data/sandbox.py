@@ -1,6 +1,6 @@
 """The sandbox group (`mineru-fleet sandbox up` writes inventory/sandbox.py): CPU hosts serving a
-tiny random Qwen2-VL model (mineru_fleet/tinymodel.py) that the real modelscope client fetches from the
-local ModelScope-compatible HTTPS hub that `sandbox run` starts (mineru_fleet/modelhub.py, quickstart.start_hub)."""
+tiny random Qwen2-VL model (mineru_fleet/sandbox/tinymodel.py) that the real modelscope client fetches from the
+local ModelScope-compatible HTTPS hub that `sandbox run` starts (mineru_fleet/sandbox/modelhub.py, quickstart.start_hub)."""
 
 from mineru_fleet.sandbox import quickstart as _qs
 

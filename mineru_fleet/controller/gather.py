@@ -9,7 +9,10 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,36 +36,50 @@ def host_paths(data: dict[str, Any]) -> list[str]:
     return [data.get("install_dir", DEFAULTS["install_dir"]), data.get("state_dir", DEFAULTS["state_dir"])]
 
 
+def load_inventory(inventory_arg: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(host name, data)`` of every host of an inventory file, host list or ``@local``.
+
+    pyinfra's own CLI loads it (``pyinfra --json INVENTORY debug-inventory``: group_data, host data
+    and all), so inventories behave exactly as they do for ``pyinfra INVENTORY deploy.py``.
+    """
+    if inventory_arg.endswith(".py") and not os.path.isfile(inventory_arg):
+        raise GatherError(f"no inventory file {inventory_arg!r} (give an inventory file, a host name or @local)")
+    cmd = [sys.executable, "-m", "pyinfra", "--json", inventory_arg, "debug-inventory"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=os.getcwd(), stdin=subprocess.DEVNULL)
+    try:
+        hosts = json.loads(r.stdout) if r.returncode == 0 else None
+    except ValueError:
+        hosts = None
+    if not isinstance(hosts, list):
+        why = [ln.strip() for ln in (r.stderr or r.stdout).splitlines() if ln.strip() and not ln.startswith("-->")]
+        raise GatherError(f"cannot load inventory {inventory_arg!r}: {' '.join(why[-3:]) or 'pyinfra printed nothing'}")
+    if not hosts:
+        raise GatherError(f"inventory {inventory_arg!r} names no host")
+    return [(h["name"], dict(h.get("data") or {})) for h in hosts]
+
+
 def _for_each_host(inventory_arg: str, override_data: dict[str, Any] | None, collect) -> dict[str, Gathered]:
     """Load an inventory, connect to every host and call ``collect(host, data) -> Gathered`` on each
-    reachable one (inside its pyinfra host context). Unreachable hosts get ``error`` set."""
-    from pyinfra.api import Config, State
+    reachable one. Unreachable hosts get ``error`` set. pyinfra's public API only: ``Inventory``,
+    ``Config``, ``State``, ``connect_all`` and ``host.get_fact``."""
+    from pyinfra.api import Config, Inventory, State
     from pyinfra.api.connect import connect_all
-    from pyinfra.api.state import StateStage
-    from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
-    from pyinfra_cli.inventory import make_inventory
+    from pyinfra.api.exceptions import PyinfraError
 
-    state = State(check_for_changes=False)
-    ctx_state.set(state)
-    config = Config()
-    ctx_config.set(config)
+    hosts = [(name, {**data, **(override_data or {})}) for name, data in load_inventory(inventory_arg)]
+    inventory = Inventory((hosts, {}))
+    state = State(inventory, Config(), check_for_changes=False)
     try:
-        inventory = make_inventory(inventory_arg, cwd=os.getcwd(), override_data=override_data)
-    except Exception as e:  # a broken inventory file: say which and why, no traceback
-        raise GatherError(f"cannot load inventory {inventory_arg!r}: {e}") from None
-    ctx_inventory.set(inventory)
-    state.init(inventory, config)
-    state.set_stage(StateStage.Connect)
-    connect_all(state)
-    state.set_stage(StateStage.Prepare)
+        connect_all(state)
+    except PyinfraError:  # "No hosts remaining!": every host unreachable, reported per host below
+        pass
     results: dict[str, Gathered] = {}
     for host in inventory:
-        data = dict(host.data.dict()) if hasattr(host.data, "dict") else {}
+        data = dict(host.data.dict())
         if not host.connected:
             results[host.name] = Gathered(host.name, data=data, error="unreachable: could not connect (check the address, SSH user and key)")
             continue
-        with ctx_host.use(host):
-            results[host.name] = collect(host, data)
+        results[host.name] = collect(host, data)
     return results
 
 

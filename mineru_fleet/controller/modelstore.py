@@ -2,7 +2,7 @@
 and decide per host what to send, how much space that needs and what to check.
 
 The hub calls themselves are made by the real ``modelscope`` client in a subprocess
-(``mineru_fleet/modelfetch.py``), with ``MODELSCOPE_DOMAIN`` / ``REQUESTS_CA_BUNDLE`` / the token set
+(``mineru_fleet/onhost/modelfetch.py``), with ``MODELSCOPE_DOMAIN`` / ``REQUESTS_CA_BUNDLE`` / the token set
 for that step only. Results are memoized per process: pyinfra prepares every host in one process, so
 the hub is asked (and, in controller mode, downloaded from) once per deploy.
 

@@ -365,7 +365,7 @@ def _check_common(facts, s, profile, model, servers, max_len, errors, warnings) 
                 "python-version",
                 f"/usr/bin/python3 is Python {have}; locks/{profile}.txt is built for Python {want[0]}.{want[1]}.",
                 f"install Python {want[0]}.{want[1]} as /usr/bin/python3 on the host, or regenerate the lock for {have} "
-                f"(mineru_fleet/locks.py, --python-version {have})",
+                f"(python -m mineru_fleet.controller.locks, --python-version {have})",
             )
         )
     # ports

@@ -1,5 +1,5 @@
 """The model role end to end: the real modelscope client against the local HTTPS hub
-(mineru_fleet/modelhub.py), onto 3 fresh sandbox hosts of their own instance (mp1..mp3), with
+(mineru_fleet/sandbox/modelhub.py), onto 3 fresh sandbox hosts of their own instance (mp1..mp3), with
 only the preflight and model roles (tests/e2e/deploy_model_only.py).
 """
 

@@ -130,3 +130,14 @@ def test_nothing_reads_outside_the_repository():
         if "../shared" in text or "shared/fixtures" in text:
             offenders.append(name)
     assert not offenders, f"these files point outside the repository: {offenders}"
+
+
+def test_pyinfra_public_api_only():
+    """No import of pyinfra's CLI package or its private context/stage helpers (the pin can move)."""
+    files = [REPO / "deploy.py", REPO / "config.py", *REPO.glob("roles/*.py"), *PKG.rglob("*.py"), *REPO.glob("tests/**/*.py"), *REPO.glob("bench/*.py")]
+    offenders = {}
+    for path in files:
+        bad = hits(imports(path), {"pyinfra_cli", "pyinfra.context", "pyinfra.api.state.StateStage"})
+        if bad:
+            offenders[str(path.relative_to(REPO))] = sorted(bad)
+    assert not offenders, offenders
