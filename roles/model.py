@@ -27,6 +27,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import files, server
 
 from mineru_fleet.controller import modelstore
+from roles.preflight import dry_run
 from mineru_fleet.core.planner import Plan
 from mineru_fleet.core.settings import Settings
 from mineru_fleet.core.units import ENV_DIR, paths
@@ -53,7 +54,7 @@ class ModelState(FactBase):
 def model(plan: Plan, settings: Settings) -> list:
     """Place the model revision; returns the operation whose change means "restart" (none when up to date)."""
     try:
-        prepared = modelstore.prepare(settings)
+        prepared = modelstore.prepare(settings, fetch=not dry_run())
     except modelstore.ModelStoreError as e:
         raise ModelError(f"{host.name}: {e}") from None
     manifest = prepared.manifest
@@ -98,6 +99,12 @@ def model(plan: Plan, settings: Settings) -> list:
             commands=[f"mkdir -p {f['staging']} && env {exports} {settings.model_fetch_python} {fetcher} fetch"
                       f" --model-id {settings.model_id} --revision {settings.model_revision}{patterns}"
                       f" --local-dir {f['staging']}{args} >/dev/null"],
+        )
+    elif prepared.folder is None:  # pyinfra --dry before the controller fetched this revision
+        server.shell(
+            name=f"Send {len(tp.send)} model file(s) ({modelstore.human(sum(e['size'] for e in tp.send))}) after the controller"
+                 f" fetches {settings.model_id}@{settings.model_revision} (dry run: nothing fetched)",
+            commands=["true"],
         )
     else:
         src = prepared.folder

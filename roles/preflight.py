@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyinfra import host
+import sys
+
+from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 
 from mineru_fleet.core import modelinfo
@@ -45,13 +47,22 @@ def model_facts(settings: Settings, folder: Path | None = None) -> modelinfo.Mod
     return modelinfo.builtin_profile(settings.model_id)
 
 
+def dry_run() -> bool:
+    """``pyinfra --dry``: pyinfra gives deploy code no flag for it, so it is read from the command line.
+
+    A dry run must change nothing anywhere, the controller's model cache included: the preflight
+    then asks the hub for the file list only, and the model role says what it would send.
+    """
+    return "--dry" in sys.argv[1:]
+
+
 def resolve_model(settings: Settings) -> modelstore.Prepared:
     """The model on the hub at the pinned revision (fetched once per run in controller mode).
 
     A bad model id or revision, an unreachable hub or a bad token file stops the run here, before
     any host is changed."""
     try:
-        return modelstore.prepare(settings)
+        return modelstore.prepare(settings, fetch=not dry_run())
     except modelstore.ModelStoreError as e:
         raise PreflightError(f"{host.name}: model {settings.model_id}@{settings.model_revision}: {e}") from None
 
@@ -70,5 +81,5 @@ def preflight(show: bool = True) -> Plan:
     except PlanError as e:
         raise PreflightError(errors_text(e)) from None
     if show:
-        print(plan_text(p), flush=True)
+        logger.info(plan_text(p))
     return p

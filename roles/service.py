@@ -14,6 +14,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FindFiles
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, systemd
+from pyinfra.operations.util import any_changed
 
 from mineru_fleet.core.planner import Plan
 from mineru_fleet.core.settings import Settings
@@ -38,7 +39,7 @@ def service(plan: Plan, settings: Settings, restart_triggers: list) -> list:
     )
     systemd.daemon_reload(name="systemd daemon-reload (unit changed)", _if=unit.did_change)
 
-    status = host.get_fact(SystemdStatus) or {}
+    status = host.get_fact(SystemdStatus, services=[instance(sv.name) for sv in plan.servers]) or {}
     started = []
     for sv in plan.servers:
         files.directory(name=f"Cache of server {sv.name}", path=f"{settings.state_dir}/cache/{sv.name}", user=user, group=user, mode="700")
@@ -46,14 +47,13 @@ def service(plan: Plan, settings: Settings, restart_triggers: list) -> list:
             name=f"Environment of server {sv.name}", src=io.StringIO(render_env_file(sv, host.name)), dest=env_file_path(sv),
             user="root", group="root", mode="600",
         )
-        was_running = bool(status.get(instance(sv.name)))
-        triggers = [unit, env, *restart_triggers]
-        started.append(
-            systemd.service(
-                name=f"Restart server {sv.name} (its unit, env, runtime or model changed)", service=instance(sv.name),
-                restarted=True, _if=lambda t=triggers, w=was_running: w and any(op.did_change() for op in t),
+        if status.get(instance(sv.name)):  # a stopped server is started below, not restarted
+            started.append(
+                systemd.service(
+                    name=f"Restart server {sv.name} (its unit, env, runtime or model changed)", service=instance(sv.name),
+                    running=None, restarted=True, _if=any_changed(unit, env, *restart_triggers),
+                )
             )
-        )
         started.append(systemd.service(name=f"Server {sv.name} enabled and running", service=instance(sv.name), running=True, enabled=True))
 
     # instances the plan no longer has

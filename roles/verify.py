@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 from pyinfra.operations import server
+from pyinfra.operations.util import any_changed
 
 from mineru_fleet.core.planner import Plan
 from mineru_fleet.core.settings import Settings
@@ -35,5 +36,5 @@ def verify(plan: Plan, settings: Settings, started: list) -> None:
         server.shell(
             name=f"Readiness gate of server {sv.name} (port {sv.port})",
             commands=[gate_command(sv.name, sv.port, settings)],
-            _if=lambda ops=started: any(op.did_change() for op in ops),
+            _if=any_changed(*started),
         )

@@ -224,11 +224,21 @@ def _client(settings: Settings, args: list[str]) -> dict:
 @dataclass(frozen=True)
 class Prepared:
     manifest: dict
-    folder: Path | None      # the controller's verified copy (None in host mode)
+    folder: Path | None      # the controller's verified copy (None in host mode, and in a dry run before any fetch)
+
+
+def _cached(folder: Path, manifest: dict) -> bool:
+    """The controller cache holds this manifest, verified and untouched since (the fetch step's stamp)."""
+    from mineru_fleet.onhost.modelfetch import CACHE_STAMP, _stat_signature
+
+    try:
+        return json.loads((folder / CACHE_STAMP).read_text()) == {"files": manifest["files"], "stat": _stat_signature(folder, manifest)}
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 @functools.lru_cache(maxsize=None)
-def _prepare(key: str) -> Prepared:
+def _prepare(key: str, fetch: bool) -> Prepared:
     settings = Settings(**json.loads(key))
     if settings.model_local_source:
         folder = Path(settings.model_local_source)
@@ -240,15 +250,21 @@ def _prepare(key: str) -> Prepared:
     if settings.model_fetch_mode == "host":
         return Prepared(_client(settings, ["resolve"]), None)
     folder = cache_folder(settings)
+    if not fetch:  # a dry run: the hub's file list only (no file bytes), and the cache as it is
+        manifest = _client(settings, ["resolve"])
+        return Prepared(manifest, folder if _cached(folder, manifest) else None)
     manifest = _client(settings, ["fetch", "--local-dir", str(folder)])
     return Prepared(manifest, folder)
 
 
-def prepare(settings: Settings) -> Prepared:
-    """Resolve (host mode) or fetch (controller mode) the model once per process; ModelStoreError when impossible."""
+def prepare(settings: Settings, fetch: bool = True) -> Prepared:
+    """Resolve (host mode) or fetch (controller mode) the model once per process; ModelStoreError when impossible.
+
+    ``fetch=False`` (``pyinfra --dry``) changes nothing anywhere: the hub is asked for the file list
+    only and the controller cache is read, never written."""
     keys = ("model_id", "model_revision", "model_fetch_mode", "modelscope_domain", "modelscope_ca_bundle",
             "modelscope_token_file", "model_cache_dir", "model_allow_patterns", "model_ignore_patterns", "model_local_source")
-    return _prepare(json.dumps({k: getattr(settings, k) for k in keys}, sort_keys=True))
+    return _prepare(json.dumps({k: getattr(settings, k) for k in keys}, sort_keys=True), fetch)
 
 
 __all__ = ["MANIFEST", "MARKER", "ModelStoreError", "Prepared", "TransferPlan", "prepare", "transfer_plan"]

@@ -261,6 +261,12 @@ def _resolved_version(uv_bin: str, python: Path, reqs: list[str], package: str, 
     return m.group(1)
 
 
+def _interpreter_exists(script: Path) -> bool:
+    """The script's ``#!`` interpreter is there (a venv moved to another folder keeps the old path)."""
+    first = script.read_bytes()[:512].split(b"\n", 1)[0]
+    return not first.startswith(b"#!") or Path(first[2:].decode(errors="replace").split()[0]).exists()
+
+
 def ensure_client_venv(
     dest: Path = DEFAULT_DEST,
     *,
@@ -289,7 +295,7 @@ def ensure_client_venv(
 
     wanted_base = {"requirements": reqs, "excludes": excludes, "exclude_newer": exclude_newer,
                    "index_url": index_url, "opencv": opencv}
-    if not force and marker.is_file() and mineru.is_file():
+    if not force and marker.is_file() and mineru.is_file() and _interpreter_exists(mineru):
         try:
             have = json.loads(marker.read_text())
         except (OSError, ValueError):

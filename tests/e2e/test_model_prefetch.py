@@ -238,3 +238,28 @@ def test_host_mode_each_host_downloads(hosts, hub, tmp_path):
     for h in hosts[:2]:
         cp = sandbox.ssh(h.ip, f"cd /var/lib/mineru-fleet-hostmode/models/{MODEL}/{REV2} && ls -A", config=instance())
         assert "._____temp" not in cp.stdout and "config.json" in cp.stdout
+
+
+def _tree(h, path: str) -> str:
+    """Every file and folder under ``path`` on a host with its size, mode and mtime (changes show)."""
+    return sandbox.ssh(h.ip, f"find {path} -printf '%p %s %m %T@\\n' 2>/dev/null | sort", config=instance(), check=False).stdout
+
+
+def test_dry_run_changes_nothing_anywhere(hosts, hub, tmp_path):
+    """``pyinfra --dry`` for a new model revision: 0 hub file bytes, no controller cache written, no host
+    file changed, and the output says what would be sent."""
+    h = hosts[0]
+    deploy(write_inventory(tmp_path / "inv-now.py", [h], hub))  # the host serves REV
+    cache = tmp_path / "cache-dry"
+    inv = write_inventory(tmp_path / "inv.py", [h], hub, model_revision=REV2, model_cache_dir=str(cache))
+    before = _tree(h, STATE) + _tree(h, "/opt/mineru-fleet") + _tree(h, "/etc/mineru-fleet")
+    hub.state.reset()
+    r = subprocess.run([sys.executable, "-m", "pyinfra", "--dry", str(inv), DEPLOY], cwd=REPO, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "MODELSCOPE_LOG_LEVEL": "40"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert hub.state.stats()["file_bytes"] == 0, hub.state.stats()
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*")), sorted(cache.rglob("*"))
+    assert _tree(h, STATE) + _tree(h, "/opt/mineru-fleet") + _tree(h, "/etc/mineru-fleet") == before
+    assert f"Send {len(expected(hub.root / MODEL / REV2))} model file(s)" in out and "dry run: nothing fetched" in out
+    assert f"Verify and install {MODEL}@{REV2}" in out

@@ -87,6 +87,10 @@ def test_deploy_stops_before_changes_on_bad_data():
     assert "Traceback" not in r.stdout + r.stderr
 
 
-def test_host_that_names_nothing_is_bad_input():
+def test_host_that_names_nothing_is_bad_input(tmp_path):
     r = run("plan", "--host", "/missing/inventory.py")
+    assert r.returncode == 2 and "no inventory file '/missing/inventory.py'" in r.stderr and "Traceback" not in r.stderr
+    empty = tmp_path / "empty.py"
+    empty.write_text("hosts = []\n")
+    r = run("plan", "--host", str(empty))
     assert r.returncode == 2 and "names no host" in r.stderr and "Traceback" not in r.stderr
