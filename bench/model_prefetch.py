@@ -67,7 +67,12 @@ def deploy(inv: Path) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pad-mib", type=int, default=256)
+    ap.add_argument("--modes", default="controller,host", help="comma-separated: controller, host")
+    ap.add_argument("--hosts", default="1,3", help="comma-separated fleet sizes (at most 3)")
+    ap.add_argument("--out", default="model_prefetch.json", help="file name under bench/results/")
     a = ap.parse_args()
+    modes = [m for m in a.modes.split(",") if m]
+    sizes = [int(n) for n in a.hosts.split(",") if n]
     cfg = instance()
     hosts = sandbox.up(3, cfg)[:3]
     work = Path(tempfile.mkdtemp(prefix="bench-prefetch-"))
@@ -83,10 +88,10 @@ def main() -> int:
         size = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
         rows = []
         with modelhub.Hub(work / "root", work / "certs", ["127.0.0.1", *[h.controller_ip for h in hosts]]) as hub:
-            # host mode needs modelscope on the hosts: build the small venv once, untimed
-            deploy(inventory(work / "warm.py", hosts, hub, "host", work / "cache-warm"))
-            for mode in ("controller", "host"):
-                for n in (1, 3):
+            if "host" in modes:  # host mode needs modelscope on the hosts: build the small venv once, untimed
+                deploy(inventory(work / "warm.py", hosts, hub, "host", work / "cache-warm"))
+            for mode in modes:
+                for n in sizes:
                     for h in hosts:
                         sandbox.ssh(h.ip, f"rm -rf {STATE}", config=cfg)
                     cache = work / f"cache-{mode}-{n}"
@@ -103,7 +108,7 @@ def main() -> int:
             sandbox.ssh(h.ip, f"rm -rf {STATE}", config=cfg)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = REPO / "bench" / "results" / "model_prefetch.json"
+    out = REPO / "bench" / "results" / a.out
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"\nmodel: {size / (1 << 20):.1f} MiB ({a.pad_mib} MiB padding + the tiny Qwen2-VL files)\n")
