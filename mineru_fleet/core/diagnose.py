@@ -49,11 +49,30 @@ RE_JOURNAL_ISO = re.compile(
 RE_JOURNAL_SHORT = re.compile(
     r"^(?P<ts>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?) (?P<host>\S+) (?P<ident>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?: ?(?P<msg>.*)$"
 )
-RE_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-# vllm/utils/__init__.py:3395 _add_prefix: prefix = f"{CYAN}({worker_name} pid={pid}){RESET} "
-RE_PROC_PREFIX = re.compile(r"^\((?P<proc>[A-Za-z_][\w.-]*(?: pid=\d+)?(?:, ip=[\d.]+)?)\) ?")
+# terminal control sequences: CSI ("\x1b[1;36m"), OSC (titles, hyperlinks: "\x1b]0;t\x07"), other ESC sequences,
+# and every other C0/C1 control except tab. Removed at framing time, so nothing read from a log reaches a terminal raw.
+RE_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# colour codes whose ESC byte was lost in a paste: "[1;36m(APIServer pid=15)[0;0m"
+RE_COLOUR_RESIDUE = re.compile(r"\[\d{1,3}(?:;\d{1,3})*m")
+# what people and tools put before each line (applied in a loop, outermost first):
+PASTE_PREFIXES = (
+    re.compile(r"^>[ \t]?"),  # markdown quote
+    re.compile(r"^\s*[│┃|]\s?(?=\S)"),  # k9s / table frames "│ INFO ... │"
+    re.compile(r"^[\w.-]+\s+\|\s"),  # docker compose "vllm-1  | "
+    re.compile(r"^\[pod/[^\]\s]+(?:/[^\]\s]+)?\]\s"),  # kubectl logs --prefix "[pod/name/container] "
+    re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?\s"),  # docker logs --timestamps
+    # supervisors that log a child's output with their own stamp: "2026-04-21 20:03:17.604 [Error] (Process) "
+    re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:.,]+\s+\[(?:Info|Warn|Warning|Error|Debug|INFO|WARN|WARNING|ERROR|DEBUG)\]\s+(?:\(\w+\)\s+)?"),
+)
+RE_FRAME_TAIL = re.compile(r"\s*[│┃]\s*$")
+# vllm/utils/__init__.py _add_prefix: f"{CYAN}({worker_name} pid={pid}){RESET} "; 0.9.x: "(VllmWorker rank=1 pid=4411) ",
+# nested in DP: "(EngineCore_1 pid=75299) (VllmWorker rank=1 pid=75322) "; a paste may lose the opening parenthesis
+RE_PROC_PREFIX = re.compile(r"^\(?(?P<proc>[A-Za-z_][\w.-]*(?: rank=\d+)? pid=\d+(?:, ip=[\d.]+)?)\)\s?")
+# several records run together on one line (a paste that lost its newlines)
+RE_RECORD_START = re.compile(r"(?:(?<=\s)(?<!\) )|^)(?=(?:\([A-Za-z_][\w.-]*(?: rank=\d+)? pid=\d+\) )?(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) \d\d-\d\d \d\d:\d\d:\d\d )")
 # vllm/logger.py:25 _FORMAT = "%(levelname)s %(asctime)s [%(fileinfo)s:%(lineno)d] %(message)s", datefmt "%m-%d %H:%M:%S"
-RE_VLLM = re.compile(r"^(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) (?P<when>\d\d-\d\d \d\d:\d\d:\d\d) \[(?P<src>[^\]\s]+?):(?P<lineno>\d+)\] ?(?P<msg>.*)$")
+# (before v0.8 without the opening bracket: "INFO 08-30 23:48:06 pynccl.py:63] vLLM is using nccl==2.21.5")
+RE_VLLM = re.compile(r"^(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) (?P<when>\d\d-\d\d \d\d:\d\d:\d\d) \[?(?P<src>[^\]\s]+?):(?P<lineno>\d+)\] ?(?P<msg>.*)$")
 # torch c10 logging / TORCH_WARN: "[rank0]:[W427 03:10:15.652192062 ProcessGroupGloo.cpp:715] Warning: ..." and
 # "[W1125 15:14:22.801623191 socket.cpp:204] [c10d] ..."
 RE_TORCH = re.compile(r"^(?:\[rank\d+\]:)?\[(?P<lvl>[IWEF])(?:\d{4} [\d:.]+ )?\s*(?P<src>[\w.]+:\d+)\] (?P<msg>.*)$")
@@ -64,6 +83,9 @@ RE_PYWARN = re.compile(r"^(?P<src>\S+\.py):(?P<lineno>\d+): (?P<cat>\w*Warning):
 # uvicorn access/info lines: "INFO:     127.0.0.1:41876 - ..."
 RE_UVICORN = re.compile(r"^(?P<level>INFO|WARNING|ERROR|CRITICAL):\s+(?P<msg>.*)$")
 RE_EXCEPTION = re.compile(r"^(?P<exc>(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt|Exit)): (?P<msg>.*)$")
+RE_SRC_TAG = re.compile(r"^\[[\w.]+:\d+\]\s*")  # a bare "[multiproc_executor.py:492] " left by a partial paste
+# a frame of a Python traceback: '  File "/x/site-packages/vllm/v1/engine/core.py", line 506, in run_engine_core'
+RE_TB_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<lineno>\d+), in (?P<func>\S+)')
 
 
 @dataclass
@@ -79,17 +101,40 @@ class LogLine:
     vllm: bool = False  # framed by vLLM's logger format
 
 
+def clean(s: str) -> str:
+    """``s`` without terminal control sequences (CSI, OSC, other ESC sequences, C0/C1 controls but tab)."""
+    return RE_ANSI.sub("", s)
+
+
+def _strip_prefixes(msg: str) -> tuple[str, str | None]:
+    """The message without paste/container/supervisor prefixes and the process prefix; (msg, proc)."""
+    for _ in range(8):
+        before = msg
+        for rx in PASTE_PREFIXES:
+            if m := rx.match(msg):
+                msg = msg[m.end():]
+        if msg == before:
+            break
+    msg = RE_FRAME_TAIL.sub("", msg)
+    proc = None
+    while pm := RE_PROC_PREFIX.match(msg):
+        proc, msg = pm["proc"], msg[pm.end():]
+    if proc is None and msg[:1] in (" ", "\t"):
+        # an indented paste: indentation is a prefix when a record follows it (traceback frames keep theirs)
+        stripped = msg.lstrip()
+        if RE_VLLM.match(stripped) or RE_PROC_PREFIX.match(stripped):
+            return _strip_prefixes(stripped)
+    return msg, proc
+
+
 def _frame(n: int, raw: str) -> LogLine:
-    text = RE_ANSI.sub("", raw).rstrip("\r\n").replace("\r", "")
+    text = RE_COLOUR_RESIDUE.sub("", clean(raw.rstrip("\r\n").replace("\r", "")))
     ts = ident = None
     msg = text
     m = RE_JOURNAL_ISO.match(text) or RE_JOURNAL_SHORT.match(text)
     if m:
         ts, ident, msg = m["ts"], m["ident"], m["msg"]
-    proc = None
-    pm = RE_PROC_PREFIX.match(msg)
-    if pm and (" pid=" in pm["proc"]):
-        proc, msg = pm["proc"], msg[pm.end() :]
+    msg, proc = _strip_prefixes(msg)
     line = LogLine(n, text, msg.rstrip(), ts=ts, ident=ident, proc=proc)
     if vm := RE_VLLM.match(line.msg):
         line.level, line.src, line.msg = vm["level"], f"{vm['src']}:{vm['lineno']}", vm["msg"]
@@ -104,6 +149,15 @@ def _frame(n: int, raw: str) -> LogLine:
     elif um := RE_UVICORN.match(line.msg):
         line.level, line.src, line.msg = um["level"], "uvicorn", um["msg"]
     return line
+
+
+def _split_records(raw: str) -> list[str]:
+    """A line holding several vLLM records (newlines lost in a paste) as one string per record."""
+    starts = [m.start() for m in RE_RECORD_START.finditer(raw)]
+    if len(starts) < 2:
+        return [raw]
+    cuts = ([0] if starts[0] > 0 else []) + starts
+    return [raw[a:b].rstrip() for a, b in zip(cuts, cuts[1:] + [len(raw)]) if raw[a:b].strip()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,18 +243,26 @@ class Diagnosis:
     cuda_graph_s: float | None = None
     cuda_graph_gib: float | None = None
     init_engine_s: float | None = None
+    free_gpu_gib: float | None = None  # V1 "Free memory on device (free/total GiB)"
     ready: bool = False
     failed: bool = False
+    # ready | finished (offline engine initialised) | failed | hang | truncated
+    state: str = "truncated"
+    waiting_for: str | None = None  # for a hang: what the start waited for
+    tracebacks: list[dict] = field(default_factory=list)  # one per exception: type, message, frame, lines (raw)
+    scan_steps: int = field(default=0, repr=False)  # lines examined to find the starts (linear in the input)
     warnings: list[LogLine] = field(default_factory=list)  # every WARNING/ERROR/CRITICAL line
     findings: list[LogFinding] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
-        """The start reached 'serving' or failed with a reason; False for a log that just stops."""
-        return self.ready or self.failed
+        """The start reached 'serving', finished (offline), failed with a reason or hung on something named;
+        False for a log that just stops."""
+        return self.ready or self.failed or self.state in ("finished", "hang")
 
     def to_json(self) -> dict:
         d = asdict(self)
+        d.pop("scan_steps", None)
         d["complete"] = self.complete
         d["warnings"] = [{"line": w.n, "level": w.level, "src": w.src, "message": w.msg} for w in self.warnings]
         return d
@@ -225,6 +287,8 @@ R_NON_DEFAULT = re.compile(r"^non-default args: (\{.*\})\s*$")
 # mineru/backend/vlm/custom_logits_processors.py:12/27/30/34 (mineru 2.5.4, loguru): "CUDA not available, disabling custom_logits_processors",
 # "VLLM_USE_V1 is set to 0, disabling custom_logits_processors", "... enable custom_logits_processors"
 R_MINERU_LOGITS = re.compile(r"^(.*(?:enable|enabling|disable|disabling) custom_logits_processors.*)$")
+# mineru/backend/vlm/utils.py (mineru 2.5.x): "compute_capability: 8.9 >= 8.0 and vllm version: 0.10.1.1 >= 0.10.1, enable ..."
+R_MINERU_VLLM_VERSION = re.compile(r"vllm version: (\d[\w.+-]*?) >=")
 # vllm/config/__init__.py:742 "Resolved architecture: %s"
 R_ARCH = re.compile(r"^Resolved architecture: (\S+)")
 # vllm/config/__init__.py:1815 "Using max model len %s"
@@ -318,7 +382,7 @@ R_V0_KV_TOO_SMALL = re.compile(r"The model's max seq len \((\d+)\) is larger tha
 # vllm/v1/worker/gpu_worker.py:181 "Free memory on device (%s/%s GiB) on startup is less than desired GPU memory utilization (%s, %s GiB). ..."
 R_FREE_MEM = re.compile(r"Free memory on device \(([\d.]+)/([\d.]+) GiB\) on startup is less than desired GPU memory utilization \(([\d.]+), ([\d.]+) GiB\)")
 # torch: "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate ..."
-R_CUDA_OOM = re.compile(r"CUDA out of memory")
+R_CUDA_OOM = re.compile(r"(?:CUDA|HIP|XPU) out of memory|OutOfMemoryError")
 # vllm/platforms/cpu.py:103 "CPU backend only supports V1."
 R_CPU_V1_ONLY = re.compile(r"CPU backend only supports V1")
 # glibc >= 2.41 and IPEX: "libintel-ext-pt-cpu.so: cannot enable executable stack as shared object requires"
@@ -330,6 +394,24 @@ R_SD_STARTING = re.compile(r"^Starting (\S+\.service)\b")
 R_SD_FAILED = re.compile(r"(?:Failed with result|Failed to start|Main process exited, code=(?:exited|killed|dumped), status=(?!0/))")
 R_SD_STOPPED = re.compile(r"^(?:Stopping|Stopped) \S+\.service")
 R_TRACEBACK = re.compile(r"^Traceback \(most recent call last\):")
+# vllm/v1/engine/core.py "EngineCore failed to start.", "WorkerProc failed to start.", utils "Engine core initialization failed."
+R_ENGINE_FAILED = re.compile(r"^(?:EngineCore|WorkerProc) failed to start\.|Engine core initialization failed|Engine process failed to start")
+# vllm/v1/engine/core_client.py (V1 frontend, DEBUG) "Waiting for %d core engine proc(s) to start: %s"
+R_WAIT_ENGINE = re.compile(r"^Waiting for (\d+) core engine proc\(s\) to start")
+# vllm/distributed/device_communicators/shm_broadcast.py "No available shared memory broadcast block found in %s second(s). ..."
+R_SHM_WAIT = re.compile(r"No available shared memory broadcast block found in (\d+) seconds?")
+# NCCL initialisation: pynccl.py "vLLM is using nccl==%s", utils "Found nccl from ...", NCCL_DEBUG "NCCL INFO ..."
+R_NCCL_INIT = re.compile(r"^(?:vLLM is using nccl==|Found nccl from )|NCCL INFO ")
+# vllm/v1/metrics/loggers.py "Engine %03d: vllm cache_config_info with initialization after num_gpu_blocks is: %d";
+# vllm/v1/core/kv_cache_utils.py (v0.7-0.8) "# GPU blocks: %d"
+R_V1_BLOCKS = re.compile(r"(?:num_gpu_blocks is: |^# GPU blocks: )(\d+)")
+# offline LLM(): tqdm of LLM.generate "Processed prompts: 100%|"; mineru's offline engine "Start init vLLM engine..."
+R_OFFLINE_DONE = re.compile(r"Processed prompts: 100%")
+R_MINERU_OFFLINE = re.compile(r"^Start init vLLM engine")
+# engine-process markers of V1 (the V0 engine prints none of them)
+# vllm/engine/arg_utils.py "%s is experimental on VLLM_USE_V1=1. Falling back to V0 Engine." / "... Falling back to V0."
+R_V0_FALLBACK = re.compile(r"Falling back to V0\b")
+R_V1_MARK = re.compile(r"^Waiting for init message from front-end|^Waiting for \d+ core engine proc")
 # engine config fields (the "with config:" line)
 R_CFG_DTYPE = re.compile(r"\bdtype=torch\.(\w+)")
 R_CFG_SEQ = re.compile(r"\bmax_seq_len=(\d+)")
@@ -369,38 +451,40 @@ def _decode(data: bytes | str) -> tuple[str, list[str]]:
         return data.decode("utf-8", errors="replace"), notes
 
 
-def _start_index(lines: list[LogLine]) -> tuple[int, int]:
-    """Index of the line where the last start begins, and how many starts the input holds.
+def _start_index(lines: list[LogLine]) -> tuple[int, int, int]:
+    """Index of the line where the last start begins, how many starts the input holds, and the lines examined.
 
     A start is a group of start markers (systemd "Starting X.service", mineru's "start vllm server",
-    "vLLM API server version") with no engine/serving line between them.
+    "vLLM API server version") with no engine/serving line and no systemd stop/failure between them.
+    One pass: linear in the input.
     """
     groups: list[int] = []
+    server_since = False  # an engine/serving line since the last group's first marker
+    steps = 0
     for i, ln in enumerate(lines):
+        steps += 1
         is_marker = (ln.ident == "systemd" and R_SD_STARTING.match(ln.msg)) or R_MINERU_START.match(ln.msg) or R_API_VERSION.match(ln.msg)
-        if not is_marker:
-            continue
-        if groups and _no_server_since(lines, groups[-1], i):
-            continue
-        groups.append(i)
+        if is_marker and (not groups or server_since):
+            groups.append(i)
+            server_since = False
+        elif not is_marker and (R_ENGINE.match(ln.msg) or R_KV_TOKENS.match(ln.msg) or R_V0_BLOCKS.match(ln.msg) or R_READY.match(ln.msg)
+                                or (ln.ident == "systemd" and (R_SD_FAILED.search(ln.msg) or R_SD_STOPPED.match(ln.msg)))):
+            server_since = True  # a start got somewhere, or systemd ended it: the next marker begins a new start
     if not groups:
-        return 0, 0
+        return 0, 0, steps
     i = groups[-1]
     floor = groups[-2] + 1 if len(groups) > 1 else 0
     if len(groups) == 1 and lines[i].ident != "systemd":
-        return 0, 1  # the only start: keep what came before it (platform detection, banner)
+        return 0, 1, steps  # the only start: keep what came before it (platform detection, banner)
     # a plain (non-journal) log: the lines printed just before the marker belong to this start
     while lines[i].ident != "systemd" and i > floor and i > groups[-1] - 10 and not _serving_line(lines[i - 1]):
         i -= 1
-    return i, len(groups)
+        steps += 1
+    return i, len(groups), steps
 
 
 def _serving_line(ln: LogLine) -> bool:
     return bool(R_READY.match(ln.msg) or ln.src == "uvicorn" or ln.msg.startswith("Engine 000:") or ln.ident == "systemd")
-
-
-def _no_server_since(lines: list[LogLine], a: int, b: int) -> bool:
-    return not any(R_ENGINE.match(x.msg) or R_KV_TOKENS.match(x.msg) or R_V0_BLOCKS.match(x.msg) or R_READY.match(x.msg) for x in lines[a + 1 : b])
 
 
 def parse_log(data: bytes | str) -> Diagnosis:
@@ -412,39 +496,124 @@ def parse_log(data: bytes | str) -> Diagnosis:
     if raw_lines and raw_lines[-1] == "":
         raw_lines.pop()
     truncated_last = not text.endswith("\n")
-    framed = [_frame(i + 1, r) for i, r in enumerate(raw_lines)]
-    if not any(ln.vllm or any(rx.search(ln.msg) for rx in VLLM_MARKERS) for ln in framed):
+    framed = [_frame(i + 1, part) for i, r in enumerate(raw_lines) for part in _split_records(r)]
+    if not any(ln.vllm or any(rx.search(ln.msg) for rx in VLLM_MARKERS) or _vllm_frame(ln.msg) for ln in framed):
         raise LogError(
             f"no vLLM or mineru-vllm-server line in {len(framed)} line(s): not a vLLM 0.10.2 startup log "
             "(expected lines like 'INFO 11-25 15:14:22 [kv_cache_utils.py:864] GPU KV cache size: ...')"
         )
-    i0, nstarts = _start_index(framed)
+    i0, nstarts, steps = _start_index(framed)
     lines = framed[i0:]
-    d = Diagnosis(lines_total=len(framed), starts=nstarts, first_line=lines[0].n, last_line=lines[-1].n, notes=notes)
+    d = Diagnosis(lines_total=len(raw_lines), starts=nstarts, first_line=lines[0].n, last_line=lines[-1].n, notes=notes)
+    d.scan_steps = steps
     if nstarts > 1:
         d.notes.append(f"{nstarts} starts in the input: diagnosing the last one (from line {lines[0].n})")
     if truncated_last:
         d.notes.append(f"the last line ({lines[-1].n}) has no newline: the log may be cut mid-line")
     _extract(d, lines)
-    _derive(d)
+    _derive(d, lines)
     d.findings = _findings(d, lines)
     return d
 
 
+def _vllm_frame(msg: str) -> bool:
+    fm = RE_TB_FRAME.match(msg)
+    return bool(fm and ("/vllm/" in fm["file"] or "/mineru/" in fm["file"]))
+
+
+def _short_path(path: str) -> str:
+    for root in ("/vllm/", "/mineru/", "/mineru_vl_utils/"):
+        if root in path:
+            return root[1:] + path.rsplit(root, 1)[1]
+    return path
+
+
+def _tracebacks(d: Diagnosis, lines: list[LogLine]) -> None:
+    """Group traceback lines (per process) into one record per exception: type, message, frame, raw lines."""
+    open_tb: dict[str | None, dict] = {}
+    done: list[dict] = []
+
+    def new(ln: LogLine) -> dict:
+        return {"exception": None, "message": None, "frame": None, "line": ln.n, "lines": [], "raw": [], "frames": []}
+
+    def close(key) -> None:
+        tb = open_tb.pop(key, None)
+        if tb is not None:
+            done.append(tb)
+
+    for ln in lines:
+        key = ln.proc
+        m = ln.msg.strip()
+        if R_TRACEBACK.match(m):
+            close(key)
+            open_tb[key] = tb = new(ln)
+        elif fm := RE_TB_FRAME.match(ln.msg):
+            tb = open_tb.get(key)
+            if tb is None:
+                open_tb[key] = tb = new(ln)  # the paste starts inside a traceback
+            tb["frames"].append((fm["file"], int(fm["lineno"]), fm["func"]))
+        elif (em := RE_EXCEPTION.match(RE_SRC_TAG.sub("", m))) and (key in open_tb or ln.level in (None, "ERROR", "CRITICAL")):
+            tb = open_tb.get(key) or new(ln)
+            open_tb[key] = tb
+            tb["exception"], tb["message"], tb["line"] = em["exc"], em["msg"], ln.n
+            tb["lines"].append(ln.n)
+            tb["raw"].append(ln.text)
+            close(key)
+            continue
+        elif key in open_tb and (not m or ln.msg[:1] in (" ", "\t") or set(m) <= set("^~ ") or m.startswith(
+                ("During handling", "The above exception", "...", "raise ", "^"))):
+            tb = open_tb[key]
+        else:
+            continue
+        tb["lines"].append(ln.n)
+        tb["raw"].append(ln.text)
+    for key in list(open_tb):
+        close(key)
+    merged: dict[tuple, dict] = {}
+    for tb in done:
+        own = [f for f in tb["frames"] if "/vllm/" in f[0] or "/mineru" in f[0]]
+        if own:
+            f = own[-1]
+            tb["frame"] = f"{_short_path(f[0])}:{f[1]} in {f[2]}"
+        k = (tb["exception"], tb["message"]) if tb["exception"] else ("", tb["line"])
+        if k in merged:
+            merged[k]["count"] += 1
+            merged[k]["lines"] += tb["lines"]
+            merged[k]["raw"] += tb["raw"]
+            merged[k]["frame"] = merged[k]["frame"] or tb["frame"]
+        else:
+            tb["count"] = 1
+            merged[k] = tb
+    d.tracebacks = [{k: v for k, v in tb.items() if k != "frames"} for tb in merged.values()]
+    if d.tracebacks:
+        d.failed = True
+
+
+RE_SIMPLE_ITEM = re.compile(r"'(\w+)': ('[^']*'|-?[\d.]+(?:e-?\d+)?|True|False|None)")
+
+
+def _literal_dict(text: str) -> dict:
+    """A Python dict literal as vLLM prints it; JSON literals inside (compilation_config) and objects
+    (KVTransferConfig(...)) are tolerated: the simple items are still read."""
+    for t in (text, re.sub(r"\bnull\b", "None", re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", text)))):
+        try:
+            v = ast.literal_eval(t)
+            if isinstance(v, dict):
+                return v
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            pass
+    out: dict = {"_raw": text}
+    for k, v in RE_SIMPLE_ITEM.findall(text):
+        out.setdefault(k, ast.literal_eval(v))
+    return out
+
+
 def _extract(d: Diagnosis, lines: list[LogLine]) -> None:
-    in_tb = False
+    _tracebacks(d, lines)
     for ln in lines:
         m = ln.msg
         if ln.level in ("WARNING", "ERROR", "CRITICAL"):
             d.warnings.append(ln)
-        if R_TRACEBACK.match(m):
-            in_tb = True
-            d.failed = True
-            d.warnings.append(LogLine(ln.n, ln.text, m, level="ERROR", src="traceback", proc=ln.proc))
-            continue
-        if in_tb and (em := RE_EXCEPTION.match(m)):
-            d.warnings.append(LogLine(ln.n, ln.text, m, level="ERROR", src=em["exc"], proc=ln.proc))
-            in_tb = False
         if ln.ident == "systemd":
             if R_SD_FAILED.search(m):
                 d.failed = True
@@ -478,12 +647,11 @@ def _extract(d: Diagnosis, lines: list[LogLine]) -> None:
             except (ValueError, SyntaxError):
                 d.command = [x[1]]
         elif x := R_NON_DEFAULT.match(m):
-            try:
-                d.non_default_args = ast.literal_eval(x[1])
-            except (ValueError, SyntaxError):
-                d.non_default_args = {"_raw": x[1]}
+            d.non_default_args = _literal_dict(x[1])
         elif x := R_MINERU_LOGITS.search(m):
             d.mineru_logits_processor = x[1]
+            if (v := R_MINERU_VLLM_VERSION.search(m)) and not d.vllm_version:
+                d.vllm_version = v[1]
         elif x := R_ARCH.match(m):
             d.architecture = x[1]
         elif x := R_MAX_LEN.match(m):
@@ -534,6 +702,17 @@ def _extract(d: Diagnosis, lines: list[LogLine]) -> None:
             d.init_engine_s = float(x[1])
         elif R_READY.match(m):
             d.ready = True
+        elif x := R_V1_BLOCKS.search(m):
+            d.gpu_blocks = int(x[1])
+        elif R_OFFLINE_DONE.search(m):
+            d.state = "finished"
+        if R_V1_MARK.match(m) and not d.engine:
+            d.engine = "V1"
+        if R_V0_FALLBACK.search(m):
+            d.engine = "V0"
+        if x := R_FREE_MEM.search(m):
+            d.free_gpu_gib, d.total_gpu_gib = float(x[1]), float(x[2])
+            d.gpu_memory_utilization, d.budget_gib = float(x[3]), float(x[4])
         # the V0 memory message spans three lines: match each part wherever it is
         if x := R_MEM_TIME.search(m):
             d.profile_time_s = float(x[1])
@@ -547,11 +726,23 @@ def _extract(d: Diagnosis, lines: list[LogLine]) -> None:
             d.failed = d.failed or ln.level == "CRITICAL"
 
 
-def _derive(d: Diagnosis) -> None:
+def _derive(d: Diagnosis, lines: list[LogLine] | None = None) -> None:
     nd = d.non_default_args or {}
+    if d.max_num_batched_tokens is None and "max_num_batched_tokens" in nd:
+        d.max_num_batched_tokens = int(nd["max_num_batched_tokens"])
     if d.max_num_seqs is None:
         if "max_num_seqs" in nd:
             d.max_num_seqs, d.max_num_seqs_source = int(nd["max_num_seqs"]), "--max-num-seqs"
+        elif d.engine == "V0" or (d.engine is None and d.vllm_version and d.platform != "cpu" and d.max_num_batched_tokens is None):
+            d.max_num_seqs, d.max_num_seqs_source = 256, "vLLM's default (served limit)"
+        elif d.max_num_batched_tokens is not None and "max_num_batched_tokens" not in nd:
+            # vllm/engine/arg_utils.py _set_default_args (V1): GPUs with >= 70 GiB (not A100) get max_num_seqs 1024 and
+            # max_num_batched_tokens 8192 (API server) / 16384 (LLM class); the others 256 and 2048 / 8192
+            offline = d.command is None and d.vllm_version is None
+            big = d.max_num_batched_tokens == (16384 if offline else 8192) and d.platform != "cpu"
+            d.max_num_seqs = 1024 if big else 256
+            d.max_num_seqs_source = ("vLLM's default on a GPU with >= 70 GiB (max_num_batched_tokens "
+                                     f"{d.max_num_batched_tokens} says which table applied)" if big else "vLLM's default (served limit)")
         elif d.vllm_version:
             d.max_num_seqs, d.max_num_seqs_source = 256, "vLLM's default (served limit)"
     else:
@@ -560,9 +751,22 @@ def _derive(d: Diagnosis) -> None:
         d.gpu_memory_utilization = float(nd["gpu_memory_utilization"])
     if d.tensor_parallel_size is None and "tensor_parallel_size" in nd:
         d.tensor_parallel_size = int(nd["tensor_parallel_size"])
+    if d.max_num_batched_tokens is None and "max_num_batched_tokens" in nd:
+        d.max_num_batched_tokens = int(nd["max_num_batched_tokens"])
+    if d.dtype is None and lines:
+        # no engine config line: the cast line names the dtype the weights run in, or the command asked for one
+        cast = _first(lines, R_DTYPE_CAST)
+        if cast:
+            d.dtype = R_DTYPE_CAST.search(cast.msg)[3].split(".")[1]
+        elif str(nd.get("dtype", "")) in ("float16", "half", "bfloat16", "float32", "float"):
+            d.dtype = {"half": "float16", "float": "float32"}.get(nd["dtype"], nd["dtype"])
+    if d.max_model_len is None and "max_model_len" in nd:
+        d.max_model_len = int(nd["max_model_len"])
+    if d.model is None and nd.get("model"):
+        d.model = str(nd["model"])
     if d.weights_gib is None and d.weights_load_gib is not None:
         d.weights_gib = round(d.weights_load_gib, 2)
-    if d.kv_cache_tokens is None and d.gpu_blocks is not None:
+    if d.kv_cache_tokens is None and d.gpu_blocks is not None and d.engine != "V1":
         d.kv_cache_tokens = d.gpu_blocks * V0_BLOCK_SIZE
     if not d.dtype_why and d.dtype:
         if nd.get("dtype"):
@@ -571,12 +775,52 @@ def _derive(d: Diagnosis) -> None:
             d.dtype_why = "the checkpoint's dtype (CPU backend)"
         else:
             d.dtype_why = "the checkpoint's dtype (--dtype auto)"
-    if d.custom_all_reduce is None and d.tensor_parallel_size and d.tensor_parallel_size > 1 and d.engine:
+    if (d.custom_all_reduce is None and d.tensor_parallel_size and d.tensor_parallel_size > 1 and d.engine
+            and (d.world_size or d.nccl_version)):
+        # only where the log covers the workers' communicator set-up (else the 'disabled' line may just be missing)
         d.custom_all_reduce = "enabled (no 'Custom allreduce is disabled' line)"
     if d.enforce_eager is None and "enforce_eager" in nd:
         d.enforce_eager = bool(nd["enforce_eager"])
     if d.engine is None and d.platform == "cpu":
         d.engine = "V1"
+    _state(d, lines or [])
+
+
+def _state(d: Diagnosis, lines: list[LogLine]) -> None:
+    """ready / failed / finished (an offline engine that initialised) / hang (naming what it waited for) / truncated."""
+    if d.ready:
+        d.state = "ready"
+        return
+    if d.failed:
+        d.state = "failed"
+        return
+    if d.state == "finished":
+        return
+    server = any((ln.proc or "").startswith("APIServer") or (ln.src or "").startswith("api_server") or ln.src == "uvicorn"
+                 or ln.msg.startswith("Engine 000:") for ln in lines)
+    offline = (not server and d.command is None and not any(R_API_VERSION.match(ln.msg) for ln in lines)
+               and (d.engine is not None or any(R_MINERU_OFFLINE.match(ln.msg) for ln in lines)))
+    if offline and d.init_engine_s is not None:
+        d.state = "finished"
+        d.notes.append("an offline engine (LLM(), no API server): it initialised (init engine line); nothing more to wait for")
+        return
+    waits = [ln for ln in lines if R_WAIT_ENGINE.match(ln.msg)]
+    shm = [ln for ln in lines if R_SHM_WAIT.search(ln.msg)]
+    vllm_lines = [ln for ln in lines if ln.vllm or ln.proc or R_NCCL_INIT.search(ln.msg)]
+    last = vllm_lines[-1] if vllm_lines else None
+    if shm:
+        d.state, d.waiting_for = "hang", ("a worker process (shared-memory broadcast: no block free for "
+                                          f"{R_SHM_WAIT.search(shm[-1].msg)[1]} s): a worker hangs or is still compiling")
+    elif len(waits) >= 2:
+        d.state, d.waiting_for = "hang", (f"the engine core process(es) to start (the front-end logged 'Waiting for ... core engine "
+                                          f"proc(s) to start' {len(waits)} times)")
+    elif last is not None and R_NCCL_INIT.search(last.msg) and (
+            (d.tensor_parallel_size or 0) > 1 or (d.world_size or 0) > 1 or len({ln.proc for ln in vllm_lines if ln.proc}) > 1
+            or sum(1 for ln in vllm_lines if R_NCCL.match(ln.msg)) > 1):
+        d.state, d.waiting_for = "hang", ("NCCL: the workers' communicator set-up or first all-reduce never returned after "
+                                          f"'{last.msg[:80]}' (GPUs without P2P: NCCL_P2P_DISABLE=1 or --disable-custom-all-reduce)")
+    else:
+        d.state = "truncated"
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,6 +838,24 @@ def _first(lines: list[LogLine], rx: re.Pattern) -> LogLine | None:
 
 def _all(lines: list[LogLine], rx: re.Pattern) -> list[LogLine]:
     return [ln for ln in lines if rx.search(ln.msg)]
+
+
+RE_SIZE_B = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[Bb](?![\w])")
+
+
+def _model_size_b(d: Diagnosis) -> float | None:
+    """The model's size in billions of parameters when its name says so ("MinerU2.5-2509-1.2B", ModelScope's "1___2B")."""
+    for name in (d.model, (d.non_default_args or {}).get("model")):
+        if name:
+            sizes = [float(x) for x in RE_SIZE_B.findall(str(name).replace("___", ".").replace("_", "-"))]
+            if sizes:
+                return sizes[-1]
+    return None
+
+
+def _is_mineru(d: Diagnosis) -> bool:
+    """The log is MinerU's server (mineru-vllm-server's start line, its logits-processor line, or a MinerU model)."""
+    return bool(d.command or d.mineru_logits_processor or (d.model and "mineru" in d.model.lower()))
 
 
 def _round_len(tokens: int) -> int:
@@ -616,7 +878,8 @@ def _findings(d: Diagnosis, lines: list[LogLine]) -> list[LogFinding]:
         add("dtype-bfloat16-unsupported", "error", f"--dtype bfloat16 on a GPU without bfloat16 ({x[1]} {x[2]}): vLLM refuses to start.",
             ev, "set dtype: auto (the plan picks float16 below compute capability 8.0) or dtype: float16", True)
     if ev := _all(lines, R_CPU_V1_ONLY):
-        add("cpu-v0-rejected", "error", "VLLM_USE_V1=0 on a CPU host: vLLM's CPU backend only supports V1.", ev,
+        add("cpu-v0-rejected", "error", "the V0 engine on a CPU host (VLLM_USE_V1=0, or vLLM fell back to V0 for this model): "
+            "vLLM's CPU backend only supports V1.", ev,
             "leave vllm_use_v1 alone on CPU hosts (the plan sets VLLM_USE_V1=1 for profile cpu)", True)
     if ev := _all(lines, R_NO_KV_MEM):
         add("no-memory-for-kv-cache", "error", "no memory left for the KV cache after weights, activations and non-torch memory.", ev,
@@ -638,7 +901,8 @@ def _findings(d: Diagnosis, lines: list[LogLine]) -> list[LogFinding]:
             f"only {x[1]} of {x[2]} GiB free at start, less than the budget ({x[3]} x total = {x[4]} GiB): something else uses the GPU.", ev,
             "stop what uses the GPU, or lower gpu_memory_utilization", True)
     if ev := _all(lines, R_CUDA_OOM):
-        add("cuda-out-of-memory", "error", "CUDA out of memory.", ev,
+        kind = re.search(r"(CUDA|HIP|XPU) out of memory", ev[0].msg)
+        add("cuda-out-of-memory", "error", f"{kind[0] if kind else 'GPU out of memory'}.", ev,
             "lower gpu_memory_utilization or max_model_len, or set enforce_eager: true (CUDA graphs take memory outside the budget)", True)
     if ev := _all(lines, R_EXECSTACK):
         add("ipex-executable-stack", "error", "glibc refused IPEX's executable-stack library (glibc >= 2.41).", ev,
@@ -656,8 +920,15 @@ def _findings(d: Diagnosis, lines: list[LogLine]) -> list[LogFinding]:
     if ev := _all(lines, R_DTYPE_CAST):
         x = R_DTYPE_CAST.search(ev[0].msg)
         sev = "info" if x[1] != "Casting" else "info"
-        add("dtype-cast", sev, f"the checkpoint's {x[2]} weights are cast to {x[3]} ({x[1].lower()}): expected when the GPU lacks the checkpoint's dtype.",
-            ev, "none needed (float16 is the only choice below compute capability 8.0); dtype: float32 doubles memory", False)
+        asked = (d.non_default_args or {}).get("dtype") or _arg(d.command or [], "--dtype")
+        if asked and asked != "auto":
+            add("dtype-cast", sev, f"the checkpoint's {x[2]} weights are cast to {x[3]} ({x[1].lower()}) because the command asked for "
+                f"--dtype {asked}; the GPU was not asked about it.", ev,
+                "none needed if that is what you meant; dtype: auto keeps the checkpoint's dtype where the GPU supports it", False)
+        else:
+            add("dtype-cast", sev, f"the checkpoint's {x[2]} weights are cast to {x[3]} ({x[1].lower()}): expected when the GPU lacks "
+                "the checkpoint's dtype.",
+                ev, "none needed (float16 is the only choice below compute capability 8.0); dtype: float32 doubles memory", False)
 
     # --- multimodal vs sequence length ---------------------------------------------------------
     if ev := _all(lines, R_MM_WORST):
@@ -698,16 +969,18 @@ def _findings(d: Diagnosis, lines: list[LogLine]) -> list[LogFinding]:
         add("c10d-reverse-lookup", "info",
             "torch's TCPStore could not resolve the peer's address to a name (getnameinfo failed): harmless, a slow or absent resolver.",
             ev, "none needed; make the host resolve its own addresses (/etc/hosts) to silence it", False)
-    if d.tensor_parallel_size and d.tensor_parallel_size > 1:
+    size = _model_size_b(d)
+    if d.tensor_parallel_size and d.tensor_parallel_size > 1 and size is not None and size <= 3:
         src = _first(lines, R_ENGINE) or _first(lines, R_NON_DEFAULT)
+        v0 = ", and TP with V0 can hang (MinerU issue 4416)" if d.engine == "V0" else ""
         add("tensor-parallel-small-model", "warning",
-            f"tensor_parallel_size={d.tensor_parallel_size} for a 1.2B model: TP does not raise throughput, and TP with V0 can hang (MinerU issue 4416).",
+            f"tensor_parallel_size={d.tensor_parallel_size} for a {size:g}B model: one GPU holds it and TP does not raise throughput{v0}.",
             [src] if src else [], "unset tensor_parallel_size: one server per GPU", False)
         if src:
             explained.discard(src.n)
 
     # --- engine and MinerU ------------------------------------------------------------------------
-    if d.engine == "V0" and d.platform != "cpu":
+    if d.engine == "V0" and d.platform != "cpu" and _is_mineru(d):
         src = _first(lines, re.compile(r"VLLM_USE_V1 is set to 0, disabling custom_logits_processors")) or _first(lines, R_ENGINE)
         add("logits-processor-off", "warning",
             "V0 engine (VLLM_USE_V1=0): mineru-vllm-server adds MinerU's no-repeat logits processor only on V1, so it is off.",
@@ -752,12 +1025,36 @@ def _findings(d: Diagnosis, lines: list[LogLine]) -> list[LogFinding]:
         src = _first(lines, R_CONCURRENCY)
         add("concurrency-below-one", "error", f"the KV cache holds {d.max_concurrency}x full sequences: not even one request of max_model_len.",
             [src] if src else [], "raise gpu_memory_utilization, set kv_cache_memory_bytes, or lower max_model_len", True)
-    if not d.complete:
+    if d.state == "hang":
+        last = lines[-1]
+        add("startup-hang", "error", f"the start hangs: it waited for {d.waiting_for}. Last line {last.n}: {last.msg[:120]!r}", [],
+            "with tensor_parallel_size > 1: check P2P (nvidia-smi topo -p2p r), try extra_env {NCCL_P2P_DISABLE: '1'} and "
+            "extra_args ['--disable-custom-all-reduce'], or run one server per GPU; NCCL_DEBUG=INFO shows where NCCL stops", False)
+        out[-1].evidence = _ev(last)
+    elif not d.complete:
         last = lines[-1]
         add("startup-incomplete", "error",
             "the log ends before the server was ready and shows no error: truncated (or still starting). "
             f"Last line {last.n}: {last.msg[:120]!r}", [], "read the whole journal (journalctl -u UNIT -a) or wait for the start to finish", False)
         out[-1].evidence = _ev(last)
+
+    # --- one finding per Python exception (its traceback's lines stay in --json as `tracebacks`) --------
+    if d.tracebacks:
+        for ln in _all(lines, R_ENGINE_FAILED):  # "EngineCore failed to start." says no more than the traceback
+            explained.add(ln.n)
+    by_line = {f.evidence.line: f for f in out if f.evidence is not None}
+    for tb in d.tracebacks:
+        explained.update(tb["lines"])
+        exc = tb["exception"]
+        where = f" (raised in {tb['frame']})" if tb["frame"] else " (no frame in vLLM/MinerU code shown)"
+        if exc:
+            msg = f"{exc}: {_clip(tb['message'], 300)}{where}"
+        else:
+            msg = f"a Python traceback that the log cuts before its exception line{where}"
+        known = next((by_line[n] for n in tb["lines"] if n in by_line), None)
+        fix = f"see {known.code}: {known.fix}" if known is not None else ""
+        ln = next((x for x in lines if x.n == tb["line"]), None)
+        out.append(LogFinding("python-exception", "error", msg, _ev(ln), fix, False, None, tb["count"]))
 
     # --- every other WARNING/ERROR line: listed, never dropped -----------------------------------
     unknown: dict[str, list[LogLine]] = {}
@@ -983,10 +1280,11 @@ def diagnosis_text(d: Diagnosis, title: str = "", width: int = 160) -> str:
 
     buf = io.StringIO()
     con = Console(file=buf, width=width, force_terminal=False, color_system=None, highlight=False)
-    state = "ready" if d.ready else ("FAILED" if d.failed else "INCOMPLETE (log ends before the server was ready)")
-    con.print(escape(f"{title + ': ' if title else ''}start at line {d.first_line} of {d.lines_total} ({d.starts} start(s) in the input): {state}"))
+    state = {"ready": "ready", "failed": "FAILED", "finished": "finished (offline engine initialised)",
+             "hang": f"HANG (waited for {d.waiting_for})"}.get(d.state, "INCOMPLETE (log ends before the server was ready)")
+    con.print(_safe(f"{title + ': ' if title else ''}start at line {d.first_line} of {d.lines_total} ({d.starts} start(s) in the input): {state}"))
     for n in d.notes:
-        con.print(escape(f"  note: {n}"))
+        con.print(_safe(f"  note: {n}"))
     for name, rows in _sections(d):
         t = Table(title=name, title_justify="left")
         t.add_column("figure", no_wrap=True)
@@ -995,7 +1293,7 @@ def diagnosis_text(d: Diagnosis, title: str = "", width: int = 160) -> str:
         for r in rows:
             if d.platform == "cpu" and r[1] == "not in log" and r[0] in CPU_HIDDEN:
                 continue
-            t.add_row(*(escape(c) for c in r))
+            t.add_row(*(_safe(c) for c in r))
         con.print(t)
     t = Table(title="warnings and fixes", title_justify="left", show_lines=True)
     for c in ("code", "sev", "line", "evidence / message", "fix", "plan"):
@@ -1005,12 +1303,19 @@ def diagnosis_text(d: Diagnosis, title: str = "", width: int = 160) -> str:
         count = f" (x{f.count})" if f.count > 1 else ""
         plan = (f"already handled by the plan: {f.handled_by_plan}" if f.handled_by_plan
                 else f.plan_warns or ("a plan setting prevents it" if f.preventable else "-"))
-        t.add_row(*(escape(c) for c in (f.code, f.severity, (str(f.evidence.line) if f.evidence else "-") + count, ev, f.fix, plan)))
+        t.add_row(*(_safe(c) for c in (f.code, f.severity, (str(f.evidence.line) if f.evidence else "-") + count, ev, f.fix, plan)))
     if d.findings:
         con.print(t)
     else:
         con.print("warnings and fixes: none")
     return buf.getvalue()
+
+
+def _safe(s: str) -> str:
+    """For a terminal through rich: control sequences removed, rich markup escaped."""
+    from rich.markup import escape
+
+    return escape(clean(str(s)))
 
 
 def _clip(s: str, n: int = 200) -> str:
@@ -1027,11 +1332,11 @@ def calibration_text(rows: list[CalibrationRow], title: str = "calibration") -> 
 
     buf = io.StringIO()
     con = Console(file=buf, width=140, force_terminal=False, color_system=None, highlight=False)
-    t = Table(title=title, title_justify="left")
+    t = Table(title=_safe(title), title_justify="left")
     for c in ("figure", "predicted (model profile)", "calibrated plan", "measured (log)"):
         t.add_column(c)
     for r in rows:
-        t.add_row(r.figure, *(_f(v) for v in (r.predicted, r.calibrated, r.measured)))
+        t.add_row(_safe(r.figure), *(_safe(_f(v)) for v in (r.predicted, r.calibrated, r.measured)))
     con.print(t)
     return buf.getvalue()
 

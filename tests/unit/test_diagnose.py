@@ -246,7 +246,11 @@ def test_failed_start_errors():
     assert d.failed and d.complete
     f = finding(d, "kv-cache-too-small")
     assert f.severity == "error" and "10912" in f.fix and "gpu_memory_utilization" in f.fix
-    assert any(x.code == "unknown-error" and "Traceback" in x.message for x in d.findings)
+    # issue 13: a traceback is one finding naming the exception (it used to be an unknown-error row per line)
+    tb = finding(d, "python-exception")
+    assert tb.message.startswith("ValueError: To serve at least one request") and "kv-cache-too-small" in tb.fix
+    assert not [x for x in d.findings if x.code == "unknown-error"]
+    assert d.tracebacks[0]["exception"] == "ValueError" and len(d.tracebacks[0]["raw"]) == 3
 
 
 # ---------------------------------------------------------------------------- bad input via the CLI
@@ -356,3 +360,140 @@ def test_plan_drift_names_what_differs():
     f = finding(d, "plan-drift")
     assert "model /root/.cache/modelscope" in f.message and "max_model_len" not in f.message  # 16384 both
     assert "deploy again" in f.fix and not f.preventable
+
+
+# ---------------------------------------------------------------------------- logs from the wild (issue 13)
+WILD = LOGS / "wild"
+WILD_LOGS = sorted(WILD.glob("*.log"))
+
+
+def test_wild_corpus_is_there():
+    assert len(WILD_LOGS) >= 15
+    sources = (WILD / "SOURCES.md").read_text()
+    for p in WILD_LOGS:
+        assert p.with_suffix(".truth.json").exists() and p.name in sources
+
+
+@pytest.mark.parametrize("path", WILD_LOGS, ids=lambda p: p.stem)
+def test_wild_log_truth(path):
+    """Every figure the log states, read right; the findings that must and must not appear."""
+    truth = json.loads(path.with_suffix(".truth.json").read_text())
+    d = dg.parse_log(path.read_bytes())  # never rejected
+    sys.path.insert(0, str(WILD))
+    try:
+        from score import read, same
+    finally:
+        sys.path.remove(str(WILD))
+    for key, want in truth["fields"].items():
+        assert same(want, read(d, key)), f"{key}: want {want!r}, got {read(d, key)!r}"
+    have = {f.code: f for f in d.findings}
+    for code in truth["must"]:
+        assert code in have, f"missing finding {code}: {sorted(have)}"
+    for code, text in truth["finding_text"].items():
+        assert text in have[code].message
+    for code in truth["must_not"]:
+        assert code not in have, f"finding {code} must not appear here: {have[code].message}"
+    text = dg.diagnosis_text(d, path.name)
+    assert "\x1b" not in text
+    assert len([f for f in d.findings if f.code == "python-exception"]) == len(d.tracebacks)
+
+
+def test_wild_score_script_table():
+    r = subprocess.run([sys.executable, str(WILD / "score.py")], capture_output=True, cwd=REPO, text=True)
+    assert r.returncode == 0, r.stderr
+    total = [ln for ln in r.stdout.splitlines() if ln.startswith("| **total")][0]
+    assert "0 rejected" in total and f"({len(WILD_LOGS)} logs" in total
+
+
+def test_every_form_a_person_pastes():
+    rec = "INFO 10-17 16:32:41 [kv_cache_utils.py:1087] GPU KV cache size: 425,424 tokens"
+    for line in (f"vllm-1  | (EngineCore_DP0 pid=9) {rec}", f"2025-10-17T16:32:41.503918226Z {rec}", f"[pod/vllm-0/vllm] {rec}",
+                 f"> {rec}", f"    {rec}", f"> > (APIServer pid=1) {rec}", f"[1;36m(EngineCore_DP0 pid=9)[0;0m {rec}",
+                 f"(EngineCore_1 pid=7) (VllmWorker rank=1 pid=8) {rec}", f"│ {rec}   │",
+                 f"2026-04-21 20:03:17.604 [Info] (Process) (EngineCore pid=1187) {rec}",
+                 f"Oct 17 16:32:41 h vllm[9]: \x1b[1;36m(Worker_TP0 pid=9)\x1b[0;0m {rec}"):
+        assert dg.parse_log(line + "\n").kv_cache_tokens == 425424, line
+    flat = f"$ kubectl logs pod/x INFO 06-05 02:17:43 [api_server.py:1043] vLLM API server version 0.9.9 {rec}\n"
+    d = dg.parse_log(flat)
+    assert d.vllm_version == "0.9.9" and d.kv_cache_tokens == 425424
+
+
+def test_worker_lines_of_vllm_09_are_kept():
+    log = ("(VllmWorker rank=0 pid=4410) INFO 07-30 22:14:03 [pynccl.py:70] vLLM is using nccl==2.26.2\n"
+           "(VllmWorker rank=1 pid=4411) ERROR 07-30 22:14:04 [multiproc_executor.py:1] Something broke\n")
+    d = dg.parse_log(log)
+    assert d.nccl_version == "2.26.2" and [w.msg for w in d.warnings] == ["Something broke"]
+
+
+def test_max_num_seqs_default_depends_on_the_gpu():
+    base = "INFO 11-25 15:13:45 [api_server.py:1896] vLLM API server version 0.10.2\nINFO 11-25 15:14:20 [core.py:654] Waiting for init message from front-end.\n"
+    big = dg.parse_log(base + "INFO 11-25 15:14:01 [scheduler.py:222] Chunked prefill is enabled with max_num_batched_tokens=8192.\n")
+    small = dg.parse_log(base + "INFO 11-25 15:14:01 [scheduler.py:222] Chunked prefill is enabled with max_num_batched_tokens=2048.\n")
+    assert (big.max_num_seqs, small.max_num_seqs) == (1024, 256) and ">= 70 GiB" in big.max_num_seqs_source
+
+
+def test_states_ready_finished_hang_truncated():
+    assert dg.parse_log(GPU_LOG.read_bytes()).state == "ready"
+    offline = dg.parse_log("INFO 11-25 15:14:20 [core.py:76] Initializing a V1 LLM engine (v0.10.2) with config: model='m'\n"
+                           "INFO 11-25 15:14:40 [core.py:218] init engine (profile, create kv cache, warmup model) took 3.10 seconds\n")
+    assert offline.state == "finished" and offline.complete and not [f for f in offline.findings if f.code.startswith("startup-")]
+    cut = dg.parse_log("INFO 11-25 15:14:20 [core.py:76] Initializing a V1 LLM engine (v0.10.2) with config: model='m'\n")
+    assert cut.state == "truncated" and not cut.complete and finding(cut, "startup-incomplete")
+
+
+def test_findings_only_where_their_premises_hold():
+    big = GPU_LOG.read_text().replace("MinerU2___5-2509-1___2B", "Qwen2.5-VL-72B-Instruct")
+    d = dg.parse_log(big)
+    assert "tensor-parallel-small-model" not in codes(d)
+    v1 = GPU_LOG.read_text().replace("Initializing a V0 LLM engine", "Initializing a V1 LLM engine")
+    assert "TP with V0" not in finding(dg.parse_log(v1), "tensor-parallel-small-model").message
+    not_mineru = "\n".join(ln for ln in GPU_LOG.read_text().splitlines()
+                           if "start vllm server" not in ln and "custom_logits_processors" not in ln).replace("MinerU2___5-2509-1___2B", "llama-1B")
+    assert "logits-processor-off" not in codes(dg.parse_log(not_mineru + "\n"))
+
+
+# ---------------------------------------------------------------------------- terminal safety (issue 10)
+HOSTILE = ("\x1b]0;pwned\x07\x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\\x1bc\x1b[2J\x9b31m\x07\x08"
+           "[bold red]markup[/] [link=http://x]y[/link]")
+
+
+def test_text_output_has_no_control_sequences_and_no_markup():
+    log = (GPU_LOG.read_text() + f"(APIServer pid=2231) WARNING 10-14 09:13:00 [serving_chat.py:99] {HOSTILE}\n"
+           + f"(APIServer pid=2231) ERROR 10-14 09:13:01 [serving_chat.py:99] Traceback (most recent call last):\n"
+           + f"(APIServer pid=2231) ERROR 10-14 09:13:01 [serving_chat.py:99] ValueError: {HOSTILE}\n")
+    d = dg.parse_log(log)
+    js = json.dumps(d.to_json())  # what --json prints: nothing from the log carries a control character either
+    assert "\\u001b" not in js and "\\u0007" not in js and "\\u009b" not in js
+    d.notes.append(HOSTILE)
+    text = dg.diagnosis_text(d, title=HOSTILE)
+    assert not any(c in text for c in "\x1b\x07\x08\x9b")
+    assert "[bold red]markup[/]" in text  # printed as text, not interpreted
+
+
+def test_cli_text_output_is_terminal_safe(tmp_path):
+    f = tmp_path / "x.log"
+    f.write_text(GPU_LOG.read_text() + f"(APIServer pid=2231) WARNING 10-14 09:13:00 [serving_chat.py:99] {HOSTILE}\n")
+    r = run("diagnose", "--journal", str(f))
+    assert r.returncode == 0 and not any(c in r.stdout for c in b"\x1b\x07\x08") and b"[/]" in r.stdout
+
+
+# ---------------------------------------------------------------------------- linear in the input (issue 10)
+def test_crash_loop_journal_is_linear():
+    """4,000 failed starts (about 2.4 MB) from our journal's lines: the work to find the starts is linear."""
+    src = MF1.read_text().splitlines()
+    start = [ln for ln in src if "systemd[1]: Starting mineru-vllm@0" in ln][0]
+    mineru = [ln for ln in src if "start vllm server:" in ln][0]
+    version = [ln for ln in src if "vLLM API server version" in ln][0]
+    one = [start, mineru, version, src[8].replace("WARNING", "ERROR"),
+           start.replace("Starting mineru-vllm@0.service - MinerU vLLM server 0 (mineru-fleet, profile cpu)...",
+                         "mineru-vllm@0.service: Main process exited, code=exited, status=1/FAILURE")]
+
+    def journal(n):
+        return ("\n".join(one * n) + "\n").encode()
+
+    big = journal(4000)
+    assert 2_000_000 < len(big) < 5_000_000
+    d_small, d_big = dg.parse_log(journal(400)), dg.parse_log(big)
+    assert d_big.starts == 4000 and d_big.failed
+    assert d_big.scan_steps <= 2 * d_big.lines_total  # one pass (the old search re-scanned: quadratic in starts)
+    assert d_big.scan_steps <= 11 * d_small.scan_steps
