@@ -27,6 +27,7 @@ import io
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 GIB = 1024**3
@@ -862,181 +863,250 @@ def _round_len(tokens: int) -> int:
     return int(math.ceil(tokens / 1024) * 1024)
 
 
-def _findings(d: Diagnosis, lines: list[LogLine]) -> list[LogFinding]:
-    out: list[LogFinding] = []
-    explained: set[int] = set()
+# mineru/backend/vlm/custom_logits_processors.py (mineru 2.5.4, loguru)
+R_MINERU_V0_LOGITS = re.compile(r"VLLM_USE_V1 is set to 0, disabling custom_logits_processors")
+# Python >= 3.12 at import of a module with an invalid escape in a string (RE_PYWARN frames the line as a WARNING)
+R_PY_ESCAPE_WARNING = re.compile(r"^SyntaxWarning: invalid escape sequence")
 
-    def add(code, severity, message, evidence_lines, fix="", preventable=False):
-        ev = evidence_lines[0] if evidence_lines else None
-        for ln in evidence_lines:
-            explained.add(ln.n)
-        out.append(LogFinding(code, severity, message, _ev(ev), fix, preventable, None, max(1, len(evidence_lines))))
 
-    # --- failures first ---------------------------------------------------------------------
-    if ev := _all(lines, R_BF16_ERROR):
-        x = R_BF16_ERROR.search(ev[0].msg)
-        add("dtype-bfloat16-unsupported", "error", f"--dtype bfloat16 on a GPU without bfloat16 ({x[1]} {x[2]}): vLLM refuses to start.",
-            ev, "set dtype: auto (the plan picks float16 below compute capability 8.0) or dtype: float16", True)
-    if ev := _all(lines, R_CPU_V1_ONLY):
-        add("cpu-v0-rejected", "error", "the V0 engine on a CPU host (VLLM_USE_V1=0, or vLLM fell back to V0 for this model): "
-            "vLLM's CPU backend only supports V1.", ev,
-            "leave vllm_use_v1 alone on CPU hosts (the plan sets VLLM_USE_V1=1 for profile cpu)", True)
-    if ev := _all(lines, R_NO_KV_MEM):
-        add("no-memory-for-kv-cache", "error", "no memory left for the KV cache after weights, activations and non-torch memory.", ev,
-            "raise gpu_memory_utilization, or set kv_cache_memory_bytes, or lower max_model_len", True)
-    if ev := _all(lines, R_KV_TOO_SMALL):
-        x = R_KV_TOO_SMALL.search(ev[0].msg)
-        est = f"; vLLM estimates max_model_len {x[4]} fits" if x[4] else ""
-        add("kv-cache-too-small", "error",
-            f"one sequence of max_model_len {x[1]} needs {x[2]} GiB of KV cache, only {x[3]} GiB is available{est}.", ev,
-            f"raise gpu_memory_utilization, or set kv_cache_memory_bytes: {int(math.ceil(float(x[2]) * 1.1 * GIB))}, "
-            f"or lower max_model_len{' to ' + x[4] if x[4] else ''}", True)
-    if ev := _all(lines, R_V0_KV_TOO_SMALL):
-        x = R_V0_KV_TOO_SMALL.search(ev[0].msg)
-        add("kv-cache-too-small", "error", f"max_model_len {x[1]} is larger than the {x[2]} tokens the KV cache holds.", ev,
-            f"raise gpu_memory_utilization, or set kv_cache_memory_bytes, or lower max_model_len to {x[2]} or less", True)
-    if ev := _all(lines, R_FREE_MEM):
-        x = R_FREE_MEM.search(ev[0].msg)
-        add("gpu-memory-in-use", "error",
-            f"only {x[1]} of {x[2]} GiB free at start, less than the budget ({x[3]} x total = {x[4]} GiB): something else uses the GPU.", ev,
-            "stop what uses the GPU, or lower gpu_memory_utilization", True)
-    if ev := _all(lines, R_CUDA_OOM):
-        kind = re.search(r"(CUDA|HIP|XPU) out of memory", ev[0].msg)
-        add("cuda-out-of-memory", "error", f"{kind[0] if kind else 'GPU out of memory'}.", ev,
-            "lower gpu_memory_utilization or max_model_len, or set enforce_eager: true (CUDA graphs take memory outside the budget)", True)
-    if ev := _all(lines, R_EXECSTACK):
-        add("ipex-executable-stack", "error", "glibc refused IPEX's executable-stack library (glibc >= 2.41).", ev,
-            "the plan sets GLIBC_TUNABLES=glibc.rtld.execstack=2 on CPU hosts; else extra_env: {GLIBC_TUNABLES: glibc.rtld.execstack=2}", True)
-    if ev := _all(lines, R_AF_NETLINK):
-        add("address-family-blocked", "error", "a socket family is blocked (Gloo lists interfaces over AF_NETLINK).", ev,
-            "keep AF_NETLINK in the unit's RestrictAddressFamilies (our unit template does)", False)
+@dataclass
+class _Found:
+    """The findings so far, and the line numbers they account for (the rest are listed as unknown)."""
 
-    # --- dtype --------------------------------------------------------------------------------
-    if ev := _all(lines, R_DTYPE_FALLBACK):
-        x = R_DTYPE_FALLBACK.search(ev[0].msg)
-        add("dtype-fallback", "warning",
-            f"--dtype auto on {x[1]}: no {x[2]}, vLLM fell back to {x[3]}. Say it explicitly so every server runs the same dtype.", ev,
-            "set dtype: auto in our inventory: the plan passes --dtype float16 below compute capability 8.0", True)
-    if ev := _all(lines, R_DTYPE_CAST):
-        x = R_DTYPE_CAST.search(ev[0].msg)
-        sev = "info" if x[1] != "Casting" else "info"
-        asked = (d.non_default_args or {}).get("dtype") or _arg(d.command or [], "--dtype")
-        if asked and asked != "auto":
-            add("dtype-cast", sev, f"the checkpoint's {x[2]} weights are cast to {x[3]} ({x[1].lower()}) because the command asked for "
-                f"--dtype {asked}; the GPU was not asked about it.", ev,
-                "none needed if that is what you meant; dtype: auto keeps the checkpoint's dtype where the GPU supports it", False)
-        else:
-            add("dtype-cast", sev, f"the checkpoint's {x[2]} weights are cast to {x[3]} ({x[1].lower()}): expected when the GPU lacks "
-                "the checkpoint's dtype.",
-                ev, "none needed (float16 is the only choice below compute capability 8.0); dtype: float32 doubles memory", False)
+    out: list[LogFinding] = field(default_factory=list)
+    explained: set[int] = field(default_factory=set)
 
-    # --- multimodal vs sequence length ---------------------------------------------------------
-    if ev := _all(lines, R_MM_WORST):
-        need = d.mm_worst_case_tokens or 0
-        add("mm-worst-case-exceeds-max-model-len", "warning",
-            f"the multimodal worst case ({need} tokens, {d.mm_tokens_by_modality} for images) does not fit the profiling sequence "
-            f"({d.mm_profile_seq_len} = max_num_batched_tokens / max_num_seqs; max_model_len {d.max_model_len}): a page image of "
-            "that size fails even with a short prompt, and memory profiling underestimates activations.", ev,
-            f"set max_model_len: {_round_len(need)} (>= {need})", True)
-    if ev := _all(lines, R_MAX_SEQS_1):
-        x = R_MAX_SEQS_1.search(ev[0].msg)
-        add("profile-max-num-seqs-1", "info",
-            f"V0 memory profiling ran with max_num_seqs 1 ({x[1]} < 1): max_num_batched_tokens {x[3]} cannot hold one worst-case "
-            f"image ({x[4]} tokens). Only the profile is affected: the server still admits max_num_seqs {x[2]}.", ev,
-            f"set max_model_len: {_round_len(int(x[4]))} so the profile holds one worst-case image", True)
+    def add(self, code, severity, message, evidence_lines, fix="", preventable=False) -> LogFinding:
+        self.explained.update(ln.n for ln in evidence_lines)
+        f = LogFinding(code, severity, message, _ev(evidence_lines[0] if evidence_lines else None), fix, preventable, None,
+                       max(1, len(evidence_lines)))
+        self.out.append(f)
+        return f
 
-    # --- parallelism and communication ---------------------------------------------------------
-    if ev := _all(lines, R_CUSTOM_AR):
-        reason = R_CUSTOM_AR.search(ev[0].msg)[1]
-        if "P2P" in reason:
-            add("custom-allreduce-no-p2p", "warning",
-                "custom all-reduce is disabled: the GPUs have no P2P access (consumer cards / PCIe without P2P); NCCL does the all-reduce.",
-                ev, "unset tensor_parallel_size (one server per GPU, no all-reduce at all); with TP the plan passes "
-                "--disable-custom-all-reduce when nvidia-smi topo -p2p r shows no P2P", True)
-        elif "missing custom allreduce library" not in reason:
-            add("custom-allreduce-disabled", "warning", f"custom all-reduce is disabled: {reason}.", ev,
-                "unset tensor_parallel_size (one server per GPU), or extra_args: ['--disable-custom-all-reduce'] to silence it", True)
-    if ev := _all(lines, R_GLOO_LOOPBACK):
-        add("gloo-loopback", "warning",
-            "the hostname does not resolve to a usable address: Gloo fell back to the loopback interface (multi-node groups would fail; "
-            "single-host TP works but by luck).", ev,
-            "extra_env: {GLOO_SOCKET_IFNAME: <default-route iface>, VLLM_HOST_IP: <its IPv4>} (the plan sets both from the default route), "
-            "and add the hostname to /etc/hosts", True)
-    if ev := _all(lines, R_NCCL_LO):
-        add("nccl-loopback", "warning", "NCCL bound its sockets to loopback.", ev,
-            "extra_env: {NCCL_SOCKET_IFNAME: <default-route iface>} (the plan sets it on CUDA hosts)", True)
-    if ev := _all(lines, R_C10D_HOSTNAME):
-        add("c10d-reverse-lookup", "info",
-            "torch's TCPStore could not resolve the peer's address to a name (getnameinfo failed): harmless, a slow or absent resolver.",
-            ev, "none needed; make the host resolve its own addresses (/etc/hosts) to silence it", False)
+
+RuleText = str | Callable[[Diagnosis, re.Match], str]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One pattern -> one finding. Every line whose message matches ``pattern`` (and has ``level``, when given) is
+    evidence: the first is shown, all are counted and explained. ``message`` and ``fix`` are strings or functions of
+    (diagnosis, the first line's match); ``premise`` (same arguments) must hold for the finding to be made."""
+
+    code: str
+    severity: str  # error | warning | info
+    pattern: re.Pattern
+    message: RuleText
+    fix: RuleText
+    preventable: bool
+    premise: Callable[[Diagnosis, re.Match], bool] | None = None
+    level: str | None = None
+
+    def apply(self, d: Diagnosis, lines: list[LogLine], found: _Found) -> None:
+        ev = [ln for ln in _all(lines, self.pattern) if self.level is None or ln.level == self.level]
+        if not ev:
+            return
+        x = self.pattern.search(ev[0].msg)
+        if self.premise is None or self.premise(d, x):
+            message, fix = (t(d, x) if callable(t) else t for t in (self.message, self.fix))
+            found.add(self.code, self.severity, message, ev, fix, self.preventable)
+
+
+def _oom(d: Diagnosis, x: re.Match) -> str:
+    kind = re.search(r"(CUDA|HIP|XPU) out of memory", x.string)
+    return f"{kind[0] if kind else 'GPU out of memory'}."
+
+
+def _dtype_asked(d: Diagnosis) -> str | None:
+    """The --dtype the command asked for, unless auto."""
+    asked = (d.non_default_args or {}).get("dtype") or _arg(d.command or [], "--dtype")
+    return asked if asked and asked != "auto" else None
+
+
+def _dtype_cast(d: Diagnosis, x: re.Match) -> str:
+    what = f"the checkpoint's {x[2]} weights are cast to {x[3]} ({x[1].lower()})"
+    if asked := _dtype_asked(d):
+        return f"{what} because the command asked for --dtype {asked}; the GPU was not asked about it."
+    return f"{what}: expected when the GPU lacks the checkpoint's dtype."
+
+
+def _mm_worst_case(d: Diagnosis, x: re.Match) -> str:
+    return (f"the multimodal worst case ({d.mm_worst_case_tokens or 0} tokens, {d.mm_tokens_by_modality} for images) does not fit the "
+            f"profiling sequence ({d.mm_profile_seq_len} = max_num_batched_tokens / max_num_seqs; max_model_len {d.max_model_len}): "
+            "a page image of that size fails even with a short prompt, and memory profiling underestimates activations.")
+
+
+def _evidence(ln: LogLine | None) -> list[LogLine]:
+    return [ln] if ln else []
+
+
+# --- derived findings (no single pattern): functions of (diagnosis, lines, findings so far) ---------------
+
+
+def _tensor_parallel_small_model(d: Diagnosis, lines: list[LogLine], found: _Found) -> None:
     size = _model_size_b(d)
     if d.tensor_parallel_size and d.tensor_parallel_size > 1 and size is not None and size <= 3:
         src = _first(lines, R_ENGINE) or _first(lines, R_NON_DEFAULT)
         v0 = ", and TP with V0 can hang (MinerU issue 4416)" if d.engine == "V0" else ""
-        add("tensor-parallel-small-model", "warning",
-            f"tensor_parallel_size={d.tensor_parallel_size} for a {size:g}B model: one GPU holds it and TP does not raise throughput{v0}.",
-            [src] if src else [], "unset tensor_parallel_size: one server per GPU", False)
+        found.add("tensor-parallel-small-model", "warning",
+                  f"tensor_parallel_size={d.tensor_parallel_size} for a {size:g}B model: one GPU holds it and TP does not raise "
+                  f"throughput{v0}.", _evidence(src), "unset tensor_parallel_size: one server per GPU", False)
         if src:
-            explained.discard(src.n)
+            found.explained.discard(src.n)
 
-    # --- engine and MinerU ------------------------------------------------------------------------
+
+def _logits_processor_off(d: Diagnosis, lines: list[LogLine], found: _Found) -> None:
     if d.engine == "V0" and d.platform != "cpu" and _is_mineru(d):
-        src = _first(lines, re.compile(r"VLLM_USE_V1 is set to 0, disabling custom_logits_processors")) or _first(lines, R_ENGINE)
-        add("logits-processor-off", "warning",
-            "V0 engine (VLLM_USE_V1=0): mineru-vllm-server adds MinerU's no-repeat logits processor only on V1, so it is off.",
-            [src] if src else [], "set vllm_use_v1: true (the plan then drops VLLM_ATTENTION_BACKEND=XFORMERS)", False)
+        src = _first(lines, R_MINERU_V0_LOGITS) or _first(lines, R_ENGINE)
+        found.add("logits-processor-off", "warning",
+                  "V0 engine (VLLM_USE_V1=0): mineru-vllm-server adds MinerU's no-repeat logits processor only on V1, so it is off.",
+                  _evidence(src), "set vllm_use_v1: true (the plan then drops VLLM_ATTENTION_BACKEND=XFORMERS)", False)
         if src:
-            explained.discard(src.n)
+            found.explained.discard(src.n)
+
+
+def _xformers_backend(d: Diagnosis, lines: list[LogLine], found: _Found) -> None:
     if d.attention_backend == "XFormers":
-        src = _first(lines, R_ATTENTION)
-        add("xformers-backend", "info", "XFormers attention: expected below compute capability 8.0 (FlashAttention-2 needs sm_80).",
-            [src] if src else [], "none needed on Turing; on sm_80+ unset extra_env VLLM_ATTENTION_BACKEND", False)
+        found.add("xformers-backend", "info", "XFormers attention: expected below compute capability 8.0 (FlashAttention-2 needs sm_80).",
+                  _evidence(_first(lines, R_ATTENTION)), "none needed on Turing; on sm_80+ unset extra_env VLLM_ATTENTION_BACKEND", False)
 
-    # --- CUDA graphs ------------------------------------------------------------------------------
+
+def _cuda_graph_capture(d: Diagnosis, lines: list[LogLine], found: _Found) -> None:
     if d.cuda_graph_s is not None:
-        src = _first(lines, R_GRAPHS)
-        add("cuda-graph-capture", "info",
-            f"CUDA graph capture took {d.cuda_graph_s:g} s and {d.cuda_graph_gib} GiB per GPU, outside the gpu_memory_utilization budget.",
-            [src] if src else [], "set enforce_eager: true to skip it (saves that memory and time at start; decoding gets slower)", False)
+        found.add("cuda-graph-capture", "info",
+                  f"CUDA graph capture took {d.cuda_graph_s:g} s and {d.cuda_graph_gib} GiB per GPU, outside the gpu_memory_utilization budget.",
+                  _evidence(_first(lines, R_GRAPHS)),
+                  "set enforce_eager: true to skip it (saves that memory and time at start; decoding gets slower)", False)
 
-    # --- host limits and expected CPU noise ----------------------------------------------------
-    if ev := _all(lines, R_ULIMIT):
-        x = R_ULIMIT.search(ev[0].msg)
-        add("fd-limit", "warning",
-            f"open-file limit {x[1]} and vLLM could not raise it ({x[2]}): the hard limit is lower than 65536. Under many concurrent "
-            "requests this can fail with 'Too many open files'.", ev,
-            "our unit sets LimitNOFILE=65536; systemd caps it at the manager's hard limit (a container's or the host's): "
-            "raise DefaultLimitNOFILE on the host (systemd-nspawn: --rlimit=NOFILE=65536)", False)
-    if ev := _all(lines, R_PIN_CPU):
-        add("cpu-no-pin-memory", "info", "pin memory is not supported on CPU: expected with the cpu profile.", ev, "none needed", False)
-    if ev := _all(lines, R_CG_KEYS):
-        add("cpu-no-cudagraph", "info", "no CUDA graphs on CPU: expected with the cpu profile.", ev, "none needed", False)
-    if ev := _all(lines, R_PORT_USED):
+
+def _shutdown_port_report(d: Diagnosis, lines: list[LogLine], found: _Found) -> None:
+    if ev := _all(lines, R_PORT_USED):  # and the command line vLLM logs on the next line
         ev += [ln for ln in lines if ln.level == "WARNING" and ln.src == (ev[0].src) and ln.n == ev[0].n + 1]
-        add("shutdown-port-report", "info", "vLLM names the process holding its port while shutting down: expected at a stop/restart.",
-            ev, "none needed", False)
-    pyw = [ln for ln in lines if ln.level == "WARNING" and ln.msg.startswith("SyntaxWarning: invalid escape sequence")]
-    if pyw:
-        add("python-syntax-warning", "info", "a library (modelscope) has invalid escape sequences: Python 3.12+ warns at import. Harmless.",
-            pyw, "none needed", False)
+        found.add("shutdown-port-report", "info", "vLLM names the process holding its port while shutting down: expected at a stop/restart.",
+                  ev, "none needed", False)
 
-    # --- derived (no single line) -------------------------------------------------------------
+
+def _concurrency_below_one(d: Diagnosis, lines: list[LogLine], found: _Found) -> None:
     if d.max_concurrency is not None and d.max_concurrency < 1:
-        src = _first(lines, R_CONCURRENCY)
-        add("concurrency-below-one", "error", f"the KV cache holds {d.max_concurrency}x full sequences: not even one request of max_model_len.",
-            [src] if src else [], "raise gpu_memory_utilization, set kv_cache_memory_bytes, or lower max_model_len", True)
+        found.add("concurrency-below-one", "error",
+                  f"the KV cache holds {d.max_concurrency}x full sequences: not even one request of max_model_len.",
+                  _evidence(_first(lines, R_CONCURRENCY)), "raise gpu_memory_utilization, set kv_cache_memory_bytes, or lower max_model_len",
+                  True)
+
+
+def _startup_unfinished(d: Diagnosis, lines: list[LogLine], found: _Found) -> None:
+    """A hang or a log that just stops: the last line is shown, not explained."""
+    last = lines[-1]
     if d.state == "hang":
-        last = lines[-1]
-        add("startup-hang", "error", f"the start hangs: it waited for {d.waiting_for}. Last line {last.n}: {last.msg[:120]!r}", [],
-            "with tensor_parallel_size > 1: check P2P (nvidia-smi topo -p2p r), try extra_env {NCCL_P2P_DISABLE: '1'} and "
-            "extra_args ['--disable-custom-all-reduce'], or run one server per GPU; NCCL_DEBUG=INFO shows where NCCL stops", False)
-        out[-1].evidence = _ev(last)
+        f = found.add("startup-hang", "error", f"the start hangs: it waited for {d.waiting_for}. Last line {last.n}: {last.msg[:120]!r}", [],
+                      "with tensor_parallel_size > 1: check P2P (nvidia-smi topo -p2p r), try extra_env {NCCL_P2P_DISABLE: '1'} and "
+                      "extra_args ['--disable-custom-all-reduce'], or run one server per GPU; NCCL_DEBUG=INFO shows where NCCL stops", False)
     elif not d.complete:
-        last = lines[-1]
-        add("startup-incomplete", "error",
-            "the log ends before the server was ready and shows no error: truncated (or still starting). "
-            f"Last line {last.n}: {last.msg[:120]!r}", [], "read the whole journal (journalctl -u UNIT -a) or wait for the start to finish", False)
-        out[-1].evidence = _ev(last)
+        f = found.add("startup-incomplete", "error",
+                      "the log ends before the server was ready and shows no error: truncated (or still starting). "
+                      f"Last line {last.n}: {last.msg[:120]!r}", [],
+                      "read the whole journal (journalctl -u UNIT -a) or wait for the start to finish", False)
+    else:
+        return
+    f.evidence = _ev(last)
+
+
+#: every finding but the per-traceback and unknown-line ones, in the order they are listed
+FINDING_RULES: tuple[Rule | Callable[[Diagnosis, list[LogLine], _Found], None], ...] = (
+    # --- failures first -----------------------------------------------------------------------
+    Rule("dtype-bfloat16-unsupported", "error", R_BF16_ERROR,
+         lambda d, x: f"--dtype bfloat16 on a GPU without bfloat16 ({x[1]} {x[2]}): vLLM refuses to start.",
+         "set dtype: auto (the plan picks float16 below compute capability 8.0) or dtype: float16", True),
+    Rule("cpu-v0-rejected", "error", R_CPU_V1_ONLY,
+         "the V0 engine on a CPU host (VLLM_USE_V1=0, or vLLM fell back to V0 for this model): vLLM's CPU backend only supports V1.",
+         "leave vllm_use_v1 alone on CPU hosts (the plan sets VLLM_USE_V1=1 for profile cpu)", True),
+    Rule("no-memory-for-kv-cache", "error", R_NO_KV_MEM,
+         "no memory left for the KV cache after weights, activations and non-torch memory.",
+         "raise gpu_memory_utilization, or set kv_cache_memory_bytes, or lower max_model_len", True),
+    Rule("kv-cache-too-small", "error", R_KV_TOO_SMALL,
+         lambda d, x: (f"one sequence of max_model_len {x[1]} needs {x[2]} GiB of KV cache, only {x[3]} GiB is available"
+                       f"{'; vLLM estimates max_model_len ' + x[4] + ' fits' if x[4] else ''}."),
+         lambda d, x: (f"raise gpu_memory_utilization, or set kv_cache_memory_bytes: {int(math.ceil(float(x[2]) * 1.1 * GIB))}, "
+                       f"or lower max_model_len{' to ' + x[4] if x[4] else ''}"), True),
+    Rule("kv-cache-too-small", "error", R_V0_KV_TOO_SMALL,
+         lambda d, x: f"max_model_len {x[1]} is larger than the {x[2]} tokens the KV cache holds.",
+         lambda d, x: f"raise gpu_memory_utilization, or set kv_cache_memory_bytes, or lower max_model_len to {x[2]} or less", True),
+    Rule("gpu-memory-in-use", "error", R_FREE_MEM,
+         lambda d, x: (f"only {x[1]} of {x[2]} GiB free at start, less than the budget ({x[3]} x total = {x[4]} GiB): "
+                       "something else uses the GPU."),
+         "stop what uses the GPU, or lower gpu_memory_utilization", True),
+    Rule("cuda-out-of-memory", "error", R_CUDA_OOM, _oom,
+         "lower gpu_memory_utilization or max_model_len, or set enforce_eager: true (CUDA graphs take memory outside the budget)", True),
+    Rule("ipex-executable-stack", "error", R_EXECSTACK, "glibc refused IPEX's executable-stack library (glibc >= 2.41).",
+         "the plan sets GLIBC_TUNABLES=glibc.rtld.execstack=2 on CPU hosts; else extra_env: {GLIBC_TUNABLES: glibc.rtld.execstack=2}", True),
+    Rule("address-family-blocked", "error", R_AF_NETLINK, "a socket family is blocked (Gloo lists interfaces over AF_NETLINK).",
+         "keep AF_NETLINK in the unit's RestrictAddressFamilies (our unit template does)", False),
+    # --- dtype --------------------------------------------------------------------------------
+    Rule("dtype-fallback", "warning", R_DTYPE_FALLBACK,
+         lambda d, x: f"--dtype auto on {x[1]}: no {x[2]}, vLLM fell back to {x[3]}. Say it explicitly so every server runs the same dtype.",
+         "set dtype: auto in our inventory: the plan passes --dtype float16 below compute capability 8.0", True),
+    Rule("dtype-cast", "info", R_DTYPE_CAST, _dtype_cast,
+         lambda d, x: ("none needed if that is what you meant; dtype: auto keeps the checkpoint's dtype where the GPU supports it"
+                       if _dtype_asked(d) else
+                       "none needed (float16 is the only choice below compute capability 8.0); dtype: float32 doubles memory"), False),
+    # --- multimodal vs sequence length ---------------------------------------------------------
+    Rule("mm-worst-case-exceeds-max-model-len", "warning", R_MM_WORST, _mm_worst_case,
+         lambda d, x: f"set max_model_len: {_round_len(d.mm_worst_case_tokens or 0)} (>= {d.mm_worst_case_tokens or 0})", True),
+    Rule("profile-max-num-seqs-1", "info", R_MAX_SEQS_1,
+         lambda d, x: (f"V0 memory profiling ran with max_num_seqs 1 ({x[1]} < 1): max_num_batched_tokens {x[3]} cannot hold one "
+                       f"worst-case image ({x[4]} tokens). Only the profile is affected: the server still admits max_num_seqs {x[2]}."),
+         lambda d, x: f"set max_model_len: {_round_len(int(x[4]))} so the profile holds one worst-case image", True),
+    # --- parallelism and communication ---------------------------------------------------------
+    Rule("custom-allreduce-no-p2p", "warning", R_CUSTOM_AR,
+         "custom all-reduce is disabled: the GPUs have no P2P access (consumer cards / PCIe without P2P); NCCL does the all-reduce.",
+         "unset tensor_parallel_size (one server per GPU, no all-reduce at all); with TP the plan passes "
+         "--disable-custom-all-reduce when nvidia-smi topo -p2p r shows no P2P", True,
+         premise=lambda d, x: "P2P" in x[1]),
+    Rule("custom-allreduce-disabled", "warning", R_CUSTOM_AR, lambda d, x: f"custom all-reduce is disabled: {x[1]}.",
+         "unset tensor_parallel_size (one server per GPU), or extra_args: ['--disable-custom-all-reduce'] to silence it", True,
+         premise=lambda d, x: "P2P" not in x[1] and "missing custom allreduce library" not in x[1]),
+    Rule("gloo-loopback", "warning", R_GLOO_LOOPBACK,
+         "the hostname does not resolve to a usable address: Gloo fell back to the loopback interface (multi-node groups would fail; "
+         "single-host TP works but by luck).",
+         "extra_env: {GLOO_SOCKET_IFNAME: <default-route iface>, VLLM_HOST_IP: <its IPv4>} (the plan sets both from the default route), "
+         "and add the hostname to /etc/hosts", True),
+    Rule("nccl-loopback", "warning", R_NCCL_LO, "NCCL bound its sockets to loopback.",
+         "extra_env: {NCCL_SOCKET_IFNAME: <default-route iface>} (the plan sets it on CUDA hosts)", True),
+    Rule("c10d-reverse-lookup", "info", R_C10D_HOSTNAME,
+         "torch's TCPStore could not resolve the peer's address to a name (getnameinfo failed): harmless, a slow or absent resolver.",
+         "none needed; make the host resolve its own addresses (/etc/hosts) to silence it", False),
+    _tensor_parallel_small_model,
+    # --- engine and MinerU ------------------------------------------------------------------------
+    _logits_processor_off,
+    _xformers_backend,
+    # --- CUDA graphs ------------------------------------------------------------------------------
+    _cuda_graph_capture,
+    # --- host limits and expected CPU noise ----------------------------------------------------
+    Rule("fd-limit", "warning", R_ULIMIT,
+         lambda d, x: (f"open-file limit {x[1]} and vLLM could not raise it ({x[2]}): the hard limit is lower than 65536. Under many "
+                       "concurrent requests this can fail with 'Too many open files'."),
+         "our unit sets LimitNOFILE=65536; systemd caps it at the manager's hard limit (a container's or the host's): "
+         "raise DefaultLimitNOFILE on the host (systemd-nspawn: --rlimit=NOFILE=65536)", False),
+    Rule("cpu-no-pin-memory", "info", R_PIN_CPU, "pin memory is not supported on CPU: expected with the cpu profile.", "none needed", False),
+    Rule("cpu-no-cudagraph", "info", R_CG_KEYS, "no CUDA graphs on CPU: expected with the cpu profile.", "none needed", False),
+    _shutdown_port_report,
+    Rule("python-syntax-warning", "info", R_PY_ESCAPE_WARNING,
+         "a library (modelscope) has invalid escape sequences: Python 3.12+ warns at import. Harmless.", "none needed", False,
+         level="WARNING"),
+    # --- derived (no single line) -------------------------------------------------------------
+    _concurrency_below_one,
+    _startup_unfinished,
+)
+
+
+def _findings(d: Diagnosis, lines: list[LogLine]) -> list[LogFinding]:
+    found = _Found()
+    for rule in FINDING_RULES:
+        if isinstance(rule, Rule):
+            rule.apply(d, lines, found)
+        else:
+            rule(d, lines, found)
+    out, explained = found.out, found.explained
 
     # --- one finding per Python exception (its traceback's lines stay in --json as `tracebacks`) --------
     if d.tracebacks:
