@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 
 from pyinfra import host
-from pyinfra.api import FactBase, deploy
+from pyinfra.api import FactBase, RsyncCommand, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.operations import files, server
+from pyinfra.facts.server import Which
+from pyinfra.operations import files, python, server
 
 from mineru_fleet.controller import modelstore
-from roles.preflight import dry_run
 from mineru_fleet.core.planner import Plan
 from mineru_fleet.core.settings import Settings
 from mineru_fleet.core.units import ENV_DIR, paths
@@ -50,11 +51,29 @@ class ModelState(FactBase):
         return modelstore.parse_state("\n".join(output))
 
 
+@operation(is_idempotent=False)
+def send_files(src: str, dest: str, paths: list[str]):
+    """Stream the named files of the controller folder ``src`` into ``dest`` on the host with rsync,
+    over the host's own SSH settings (a partial file is kept and resumed by the next run).
+
+    The source only has to exist when the operation runs, so the controller may fetch it in an earlier
+    operation of the same run (and a ``--dry`` run fetches nothing). Example::
+
+        send_files(name="Send model files", src="/cache/m/v1", dest="/var/lib/m/.v1.partial", paths=["config.json"])
+    """
+    try:
+        host.check_can_rsync()
+    except NotImplementedError as e:
+        raise ModelError(f"{host.name}: cannot send the model with rsync: {e.args[0]} (install rsync on the controller)") from None
+    flags = ["--recursive", "--times", "--partial", "--chmod=D755,F644", *modelstore.rsync_filter(paths)]
+    yield RsyncCommand(shlex.quote(src.rstrip("/") + "/"), shlex.quote(dest.rstrip("/") + "/"), flags)
+
+
 @deploy("Model")
 def model(plan: Plan, settings: Settings) -> list:
     """Place the model revision; returns the operation whose change means "restart" (none when up to date)."""
     try:
-        prepared = modelstore.prepare(settings, fetch=not dry_run())
+        prepared = modelstore.prepare(settings)
     except modelstore.ModelStoreError as e:
         raise ModelError(f"{host.name}: {e}") from None
     manifest = prepared.manifest
@@ -66,6 +85,9 @@ def model(plan: Plan, settings: Settings) -> list:
     err = modelstore.space_error(host.name, f["parent"], state.avail, tp)
     if err:
         raise ModelError(err)
+    if settings.model_fetch_mode == "controller" and not host.get_fact(Which, command="rsync"):
+        raise ModelError(f"{host.name}: rsync is not installed; the model files travel with rsync over SSH."
+                         " Fix: install it on the host (apt-get install rsync), or set model_fetch_mode: host")
 
     bin_dir = paths(settings)["bin_dir"]
     fetcher = f"{bin_dir}/mineru-fleet-modelfetch"
@@ -100,19 +122,17 @@ def model(plan: Plan, settings: Settings) -> list:
                       f" --model-id {settings.model_id} --revision {settings.model_revision}{patterns}"
                       f" --local-dir {f['staging']}{args} >/dev/null"],
         )
-    elif prepared.folder is None:  # pyinfra --dry before the controller fetched this revision
-        server.shell(
-            name=f"Send {len(tp.send)} model file(s) ({modelstore.human(sum(e['size'] for e in tp.send))}) after the controller"
-                 f" fetches {settings.model_id}@{settings.model_revision} (dry run: nothing fetched)",
-            commands=["true"],
-        )
     else:
-        src = prepared.folder
+        if prepared.folder is None:  # the controller cache lacks this revision: fetch it when the run executes
+            python.call(name=f"Fetch {settings.model_id}@{settings.model_revision} into the controller cache (once per run)",
+                        function=modelstore.fetch_to_cache, settings=settings)
         if not tp.seed_from_final:
             files.directory(name="Staging folder", path=f["staging"], user="root", group="root", mode="755")
-        for e in tp.send:
-            files.put(name=f"Model file {e['path']} ({modelstore.human(e['size'])})", src=str(src / e["path"]),
-                      dest=f"{f['staging']}/{e['path']}", mode="644")
+        send_files(
+            name=f"Send {len(tp.send)} model file(s) ({modelstore.human(sum(e['size'] for e in tp.send))}) with rsync: "
+                 + ", ".join(e["path"] for e in tp.send[:6]) + (", ..." if len(tp.send) > 6 else ""),
+            src=str(modelstore.source_folder(settings)), dest=f["staging"], paths=[e["path"] for e in tp.send],
+        )
 
     install = server.shell(
         name=f"Verify and install {settings.model_id}@{settings.model_revision}",

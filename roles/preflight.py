@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import sys
-
 from pyinfra import host, logger
 from pyinfra.api.exceptions import PyinfraError
 
@@ -40,29 +38,22 @@ def host_settings() -> Settings:
         raise PreflightError(f"{host.name}: bad inventory data:\n" + "\n".join(f"  {p}" for p in e.problems)) from None
 
 
-def model_facts(settings: Settings, folder: Path | None = None) -> modelinfo.ModelFacts:
-    """Model figures from the controller's copy when there is one, else the built-in profile."""
+def model_facts(settings: Settings, folder: Path | None = None, manifest: dict | None = None) -> modelinfo.ModelFacts:
+    """Model figures from the controller's copy when there is one, else the built-in profile (with the
+    weights' size from the hub's file list when it is known)."""
     if folder is not None and (folder / "config.json").is_file():
         return modelinfo.from_model_dir(folder, settings.model_id)
-    return modelinfo.builtin_profile(settings.model_id)
-
-
-def dry_run() -> bool:
-    """``pyinfra --dry``: pyinfra gives deploy code no flag for it, so it is read from the command line.
-
-    A dry run must change nothing anywhere, the controller's model cache included: the preflight
-    then asks the hub for the file list only, and the model role says what it would send.
-    """
-    return "--dry" in sys.argv[1:]
+    return modelinfo.with_manifest_weights(modelinfo.builtin_profile(settings.model_id), manifest)
 
 
 def resolve_model(settings: Settings) -> modelstore.Prepared:
-    """The model on the hub at the pinned revision (fetched once per run in controller mode).
+    """The model on the hub at the pinned revision: its file list (the controller fetches the files
+    when the run executes, see roles/model.py; a ``--dry`` run fetches nothing).
 
     A bad model id or revision, an unreachable hub or a bad token file stops the run here, before
     any host is changed."""
     try:
-        return modelstore.prepare(settings, fetch=not dry_run())
+        return modelstore.prepare(settings)
     except modelstore.ModelStoreError as e:
         raise PreflightError(f"{host.name}: model {settings.model_id}@{settings.model_revision}: {e}") from None
 
@@ -74,7 +65,7 @@ def preflight(show: bool = True) -> Plan:
     files = host.get_fact(PreflightFiles, paths=host_paths(host.data.dict()))
     try:
         facts = build_host_facts(host.name, files or {})
-        p = plan(facts, settings, model_facts(settings, prepared.folder))
+        p = plan(facts, settings, model_facts(settings, prepared.folder, prepared.manifest))
         p.warnings.extend(modelstore.revision_findings(settings, prepared.manifest))
     except FactsError as e:
         raise PreflightError(f"{host.name}: could not read the host's facts: {e}") from None

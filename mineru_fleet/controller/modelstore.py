@@ -257,14 +257,49 @@ def _prepare(key: str, fetch: bool) -> Prepared:
     return Prepared(manifest, folder)
 
 
-def prepare(settings: Settings, fetch: bool = True) -> Prepared:
-    """Resolve (host mode) or fetch (controller mode) the model once per process; ModelStoreError when impossible.
-
-    ``fetch=False`` (``pyinfra --dry``) changes nothing anywhere: the hub is asked for the file list
-    only and the controller cache is read, never written."""
+def _key(settings: Settings) -> str:
     keys = ("model_id", "model_revision", "model_fetch_mode", "modelscope_domain", "modelscope_ca_bundle",
             "modelscope_token_file", "model_cache_dir", "model_allow_patterns", "model_ignore_patterns", "model_local_source")
-    return _prepare(json.dumps({k: getattr(settings, k) for k in keys}, sort_keys=True), fetch)
+    return json.dumps({k: getattr(settings, k) for k in keys}, sort_keys=True)
 
 
-__all__ = ["MANIFEST", "MARKER", "ModelStoreError", "Prepared", "TransferPlan", "prepare", "transfer_plan"]
+def prepare(settings: Settings, fetch: bool = False) -> Prepared:
+    """The model at its pinned revision, once per process; ModelStoreError when impossible.
+
+    By default (what the preflight does while pyinfra prepares) nothing changes anywhere: the hub is
+    asked for the file list only, and the controller cache is used when it already holds the revision
+    (``folder``), else ``folder`` is None and the model role fetches it when the run executes
+    (``fetch_to_cache``). ``fetch=True`` downloads into the controller cache now (controller mode).
+    """
+    return _prepare(_key(settings), fetch)
+
+
+def fetch_to_cache(settings: Settings) -> Prepared:
+    """Download the revision into the controller cache (resumable, verified); once per process.
+
+    The model role calls it through ``python.call`` at execute time, so ``pyinfra --dry`` never fetches."""
+    return _prepare(_key(settings), True)
+
+
+def source_folder(settings: Settings) -> Path:
+    """The controller folder the hosts' files come from: ``model_local_source`` or the cache."""
+    if settings.model_local_source:
+        folder = Path(settings.model_local_source)
+        return folder if folder.is_absolute() else REPO / folder
+    return cache_folder(settings)
+
+
+def rsync_filter(paths: list[str]) -> list[str]:
+    """rsync flags that send exactly ``paths`` (relative to the source folder), each shell-quoted.
+
+    Every folder is walked (``*/``), only the named files are included, empty folders pruned.
+    """
+    def anchored(path: str) -> str:
+        return "/" + "".join("\\" + c if c in "*?[\\" else c for c in path)
+
+    return ["--prune-empty-dirs", "--include=" + shlex.quote("*/"),
+            *["--include=" + shlex.quote(anchored(p)) for p in paths], "--exclude=" + shlex.quote("*")]
+
+
+__all__ = ["MANIFEST", "MARKER", "ModelStoreError", "Prepared", "TransferPlan", "fetch_to_cache", "prepare",
+           "rsync_filter", "source_folder", "transfer_plan"]

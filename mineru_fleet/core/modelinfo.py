@@ -85,6 +85,14 @@ def builtin_profile(model_id: str) -> ModelFacts:
     return ModelFacts(name=model_id)
 
 
+def with_manifest_weights(model: ModelFacts, manifest: dict | None) -> ModelFacts:
+    """``model`` with ``weight_bytes`` from a hub file list (the sizes of its ``*.safetensors``), if it has any."""
+    sizes = [e["size"] for e in (manifest or {}).get("files", []) if str(e.get("path", "")).endswith(".safetensors")]
+    if not sizes:
+        return model
+    return replace(model, weight_bytes=sum(sizes), sources={**model.sources, "weight_bytes": "*.safetensors sizes in the hub's file list"})
+
+
 def from_model_dir(path: Path, model_id: str | None = None) -> ModelFacts:
     """Read a model folder (config.json, *.safetensors, preprocessor_config.json).
 

@@ -23,7 +23,7 @@ BASE_PACKAGES: tuple[str, ...] = (
     "systemd", "systemd-sysv", "dbus", "libpam-systemd", "openssh-server", "python3",
     "ca-certificates", "procps", "sudo", "curl", "iproute2",
     "libgomp1", "libnuma1", "gcc", "g++", "python3-dev", "binutils",
-    "libgl1", "libglib2.0-0t64",
+    "libgl1", "libglib2.0-0t64", "rsync",
 )
 #: command on the controller -> Debian package providing it
 HOST_TOOLS: dict[str, str] = {
@@ -33,6 +33,7 @@ HOST_TOOLS: dict[str, str] = {
     "ssh-keygen": "openssh-client",
     "ip": "iproute2",
     "nsenter": "util-linux",
+    "rsync": "rsync",
 }
 #: units that only add noise / failures in a throwaway test host
 MASKED_UNITS = (

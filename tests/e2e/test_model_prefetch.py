@@ -120,7 +120,7 @@ def test_rerun_transfers_nothing_and_changes_nothing(hosts, hub, tmp_path):
     _, out, changed = deploy(inv)
     assert changed == 0, out[-3000:]
     assert hub.state.stats()["file_bytes"] == 0
-    assert "Model file" not in out
+    assert "with rsync" not in out
 
 
 def test_corrupt_host_file_is_repaired(hosts, hub, tmp_path):
@@ -133,8 +133,9 @@ def test_corrupt_host_file_is_repaired(hosts, hub, tmp_path):
     assert host_files(h) != expected(hub.root / MODEL / REV)
     _, out, changed = deploy(inv)
     assert host_files(h) == expected(hub.root / MODEL / REV)
-    assert "Model file model.safetensors" in out and "Model file vocab.json" in out
-    assert "Model file config.json" not in out  # only the bad files travel
+    (sent,) = [ln for ln in out.splitlines() if "with rsync:" in ln and "Starting operation" in ln]
+    assert "model.safetensors" in sent and "vocab.json" in sent and "Send 2 model file(s)" in sent, sent
+    assert "config.json" not in sent  # only the bad files travel
 
 
 def test_wrong_revision_fails_in_preflight_before_any_change(hosts, hub, tmp_path):
@@ -261,5 +262,5 @@ def test_dry_run_changes_nothing_anywhere(hosts, hub, tmp_path):
     assert hub.state.stats()["file_bytes"] == 0, hub.state.stats()
     assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*")), sorted(cache.rglob("*"))
     assert _tree(h, STATE) + _tree(h, "/opt/mineru-fleet") + _tree(h, "/etc/mineru-fleet") == before
-    assert f"Send {len(expected(hub.root / MODEL / REV2))} model file(s)" in out and "dry run: nothing fetched" in out
+    assert f"Send {len(expected(hub.root / MODEL / REV2))} model file(s)" in out and "into the controller cache" in out
     assert f"Verify and install {MODEL}@{REV2}" in out
