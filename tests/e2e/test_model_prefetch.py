@@ -192,6 +192,8 @@ def test_killed_download_resumes_on_next_run(hosts, hub, tmp_path):
     """The controller's download is killed mid-file; the next run fetches only the rest."""
     cache = tmp_path / "cache-kill"
     inv = write_inventory(tmp_path / "inv.py", hosts[:1], hub, model_revision=REV2, model_cache_dir=str(cache))
+    # the host must need the files: the controller fetches a revision only for hosts that lack it
+    sandbox.ssh(hosts[0].ip, f"rm -rf {STATE}/models/{MODEL}/{REV2} {STATE}/models/{MODEL}/.{REV2}.partial", config=instance())
     hub.state.reset()
     hub.state.rate_bps = 400_000  # ~5 s for the 2 MB weights
     proc = subprocess.Popen([sys.executable, "-m", "pyinfra", str(inv), DEPLOY, "-y"], cwd=REPO,
