@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mineru_fleet.core.settings import to_inventory
 from mineru_fleet.sandbox import modelhub
 from mineru_fleet import sandbox
 from mineru_fleet.sandbox import tinymodel  # noqa: E402
@@ -50,7 +51,7 @@ def inventory(path: Path, hosts, hub, mode: str, cache: Path) -> Path:
         if mode == "host":
             d.update(modelscope_host_domain=hub.domain(h.controller_ip), model_fetch_python=VENV_PY,
                      sandbox_modelscope_venv=True)
-        entries.append((h.ip, d))
+        entries.append((h.ip, to_inventory(d)))
     path.write_text(f"hosts = {entries!r}\n")
     return path
 

@@ -22,7 +22,7 @@ from mineru_fleet.controller.factsdir import load_host_facts, write_facts_dir
 from mineru_fleet.core.hostfacts import FactsError, build_host_facts
 from mineru_fleet.core.planner import PlanError, plan
 from mineru_fleet.core.render import errors_text, plan_text
-from mineru_fleet.core.settings import SettingsError, load_settings, parse_data_args
+from mineru_fleet.core.settings import SettingsError, inventory_warnings, load_settings, parse_data_args
 
 EXIT_BAD_INPUT = 2
 EXIT_UNREACHABLE = 3
@@ -74,6 +74,8 @@ def _calibrate(p, js: dict, text: str, args) -> tuple[dict, str]:
 
 def _plan_one(host: str, facts, data: dict, args) -> tuple[dict | None, str, bool]:
     """Plan one host; returns (json, text, ok)."""
+    for w in inventory_warnings(data):
+        print(f"{host}: warning: {w}", file=sys.stderr)
     try:
         settings = load_settings(data, host)
         p = plan(facts, settings, _model_facts(args, settings))

@@ -22,7 +22,7 @@ from mineru_fleet.controller.gather import host_paths
 from mineru_fleet.core.hostfacts import FactsError, build_host_facts
 from mineru_fleet.core.planner import Plan, PlanError, plan
 from mineru_fleet.core.render import errors_text, plan_text
-from mineru_fleet.core.settings import Settings, SettingsError, load_settings
+from mineru_fleet.core.settings import Settings, SettingsError, inventory_warnings, load_settings
 from mineru_fleet.controller.facts import PreflightFiles
 
 
@@ -61,6 +61,9 @@ def resolve_model(settings: Settings) -> modelstore.Prepared:
 def preflight(show: bool = True) -> Plan:
     """Gather this host's facts and return its plan; raise ``PreflightError`` if it cannot be served."""
     settings = host_settings()
+    if show:
+        for w in inventory_warnings(host.data.dict()):
+            print(f"{host.name}: warning: {w}", flush=True)
     prepared = resolve_model(settings)
     files = host.get_fact(PreflightFiles, paths=host_paths(host.data.dict()))
     try:

@@ -1,27 +1,115 @@
-"""Inventory variables for every host, with their defaults (see README "Inventory variables").
+"""Inventory variables for every host: all of them, commented out, with their defaults.
 
-Uncomment and change what you need; anything not listed in mineru_fleet/core/settings.py is
-rejected with the name of the variable and the closest known one.
+GENERATED from mineru_fleet/core/settings.py (README "Inventory variables" has the same list):
+regenerate with `uv run python -m mineru_fleet.core.settings group-data > inventory/group_data/all.py`
+(a unit test fails when this file and settings.py differ).
+
+Uncomment and change what you need, here or in group_data/<group>.py or per host. Our variables
+start with `mineru_`; keys without the prefix belong to other deploys and are left alone; an
+unknown `mineru_*` key stops the deploy with the closest known name.
 """
 
-# profile = "auto"                 # auto | cuda | cpu; cuda stops the deploy on hosts without nvidia-smi
-# gpus = None                      # GPU indices to use, e.g. [0, 1]; default: all
-# tensor_parallel_size = None      # unset: one server per GPU (best for this 1.2B model)
-# gpu_memory_utilization = 0.5     # share of CUDA-visible memory per server, (0, 1]
-# max_model_len = None             # vLLM --max-model-len; the multimodal worst case is 18225 tokens
-# kv_cache_memory_bytes = None     # vLLM --kv-cache-memory-bytes (instead of the utilization rule)
-# max_num_seqs = None              # vLLM --max-num-seqs (vLLM default 256)
-# dtype = "auto"                   # auto: bfloat16 on sm_80+, else float16
-# vllm_use_v1 = False              # VLLM_USE_V1=0 is the reference deployment; true enables MinerU's logits processor
-# enforce_eager = False            # skip CUDA graph capture
-# host = "0.0.0.0"                 # vLLM --host
-# port = 30000                     # first server's port; server i listens on port + i
-# model_id = "OpenDataLab/MinerU2.5-2509-1.2B"
-# model_revision = "master"
-#                                  # a branch: warning unpinned-model-revision; pin a tag or commit
-# model_fetch_mode = "controller"  # controller: fetch once on the controller, copy to hosts; host: each host fetches
-# modelscope_domain = None         # MODELSCOPE_DOMAIN (HOST[:PORT]) of a mirror; unset: modelscope.cn
-# model_allow_patterns = []        # e.g. ["*.json", "*.safetensors", "*.txt", "*.jinja"]
-# model_ignore_patterns = []
-# modelscope_token_file = None     # private models: a 0600 file on the controller (or MODELSCOPE_API_TOKEN)
-# model_keep_revisions = 2
+# auto: cuda when nvidia-smi answers, else cpu. cuda demands GPUs (the deploy stops if none).
+# mineru_profile = 'auto'
+
+# GPU indices to use (nvidia-smi numbering); default: all of them.
+# mineru_gpus = None
+
+# vLLM -tp. Unset: one server per GPU (data parallel, best for a 1.2B model).
+# mineru_tensor_parallel_size = None
+
+# Share of CUDA-visible memory vLLM may use, in (0, 1].
+# mineru_gpu_memory_utilization = 0.5
+
+# vLLM --max-model-len; unset: the model's own limit.
+# mineru_max_model_len = None
+
+# vLLM --kv-cache-memory-bytes: a fixed KV cache size instead of the utilization rule.
+# mineru_kv_cache_memory_bytes = None
+
+# vLLM --max-num-seqs; unset: vLLM's 256.
+# mineru_max_num_seqs = None
+
+# auto: bfloat16 when every GPU is sm_80+, else float16.
+# mineru_dtype = 'auto'
+
+# VLLM_USE_V1. false (V0) is the reference deployment; CPU hosts always run V1.
+# mineru_vllm_use_v1 = False
+
+# vLLM --enforce-eager: skip CUDA graph capture (saves ~0.4 GiB, ~9 s).
+# mineru_enforce_eager = False
+
+# vLLM --host: address the API listens on.
+# mineru_host = '0.0.0.0'
+
+# vLLM --port of the first server; server i listens on port + i.
+# mineru_port = 30000
+
+# vLLM --served-model-name; unset: the model path.
+# mineru_served_model_name = None
+
+# VLLM_CPU_KVCACHE_SPACE on CPU hosts (GiB of KV cache).
+# mineru_cpu_kvcache_space_gib = 1
+
+# Extra mineru-vllm-server arguments, appended as is.
+# mineru_extra_args = []
+
+# Extra environment for the server.
+# mineru_extra_env = {}
+
+# ModelScope model id.
+# mineru_model_id = 'OpenDataLab/MinerU2.5-2509-1.2B'
+
+# Model revision: pin a tag or commit (a branch such as master moves: warning unpinned-model-revision).
+# mineru_model_revision = 'master'
+
+# controller: snapshot_download once on the controller, then copy to hosts (hub traffic 1x per fleet); host: every host runs snapshot_download itself.
+# mineru_model_fetch_mode = 'controller'
+
+# MODELSCOPE_DOMAIN (HOST[:PORT], https) the controller fetches from; unset: modelscope.cn.
+# mineru_modelscope_domain = None
+
+# MODELSCOPE_DOMAIN the hosts use in host mode; unset: mineru_modelscope_domain.
+# mineru_modelscope_host_domain = None
+
+# CA file (on the controller) the client trusts for the hub (REQUESTS_CA_BUNDLE); copied to hosts in host mode.
+# mineru_modelscope_ca_bundle = None
+
+# File (mode 0600, on the controller) with the ModelScope token for private models; else MODELSCOPE_API_TOKEN from the controller's environment. Never put the token itself in inventory data.
+# mineru_modelscope_token_file = None
+
+# Controller cache: <dir>/<model_id>/<revision> (controller mode).
+# mineru_model_cache_dir = '~/.cache/mineru-fleet/models'
+
+# Only files matching these globs (snapshot_download allow_patterns).
+# mineru_model_allow_patterns = []
+
+# Skip files matching these globs (snapshot_download ignore_patterns).
+# mineru_model_ignore_patterns = []
+
+# Free space a host must keep beyond the model's size, checked before any byte is written.
+# mineru_model_free_space_margin_mib = 512
+
+# Revision folders kept per model on a host (the current one included).
+# mineru_model_keep_revisions = 2
+
+# Python with modelscope on the host (host mode).
+# mineru_model_fetch_python = '/opt/mineru-fleet/current/venv/bin/python'
+
+# A model folder on the controller to copy to hosts instead of fetching (no hub: offline tests).
+# mineru_model_local_source = None
+
+# Model folder on the host; default /var/lib/mineru-fleet/models/<model_id>/<revision>.
+# mineru_model_dir = None
+
+# Releases (venvs) live in <install_dir>/releases/<id>.
+# mineru_install_dir = '/opt/mineru-fleet'
+
+# Models, caches and state of the service.
+# mineru_state_dir = '/var/lib/mineru-fleet'
+
+# System user the server runs as (no login, no root).
+# mineru_service_user = 'mineru'
+
+# URL of a wheel directory hosts install from (air-gapped fleets); unset: PyPI.
+# mineru_wheel_find_links = None

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from mineru_fleet.core.settings import DEFAULTS
+from mineru_fleet.core.settings import DEFAULTS, var
 
 
 class GatherError(RuntimeError):
@@ -32,8 +32,8 @@ class Gathered:
 
 
 def host_paths(data: dict[str, Any]) -> list[str]:
-    """The paths whose free space the plan checks: install_dir and state_dir."""
-    return [data.get("install_dir", DEFAULTS["install_dir"]), data.get("state_dir", DEFAULTS["state_dir"])]
+    """The paths whose free space the plan checks: mineru_install_dir and mineru_state_dir."""
+    return [str(data.get(var(k), DEFAULTS[k])) for k in ("install_dir", "state_dir")]
 
 
 def load_inventory(inventory_arg: str) -> list[tuple[str, dict[str, Any]]]:

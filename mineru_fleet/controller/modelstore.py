@@ -50,8 +50,8 @@ def revision_findings(settings: Settings, manifest: dict | None = None) -> list[
     if (manifest or {}).get("is_branch") or rev in BRANCH_NAMES:
         return [Finding(
             "unpinned-model-revision",
-            f"model_revision={rev!r} is a branch: it moves, so two deploys may serve different weights",
-            "pin a tag or commit, e.g. model_revision: 'v1.0.0'",
+            f"mineru_model_revision={rev!r} is a branch: it moves, so two deploys may serve different weights",
+            "pin a tag or commit, e.g. mineru_model_revision: 'v1.0.0'",
         )]
     return []
 
@@ -135,7 +135,7 @@ def space_error(host: str, path: str, avail: int | None, plan: TransferPlan) -> 
         return None
     return (f"{host}: not enough free space for the model at {path}: {human(plan.bytes_needed)} needed "
             f"({human(plan.bytes_to_write)} to write + margin), {human(avail)} free; free some space or set "
-            "state_dir to a larger disk (model_free_space_margin_mib sets the margin)")
+            "mineru_state_dir to a larger disk (mineru_model_free_space_margin_mib sets the margin)")
 
 
 def human(n: int) -> str:
@@ -151,9 +151,9 @@ def token_file_ok(path: str) -> str:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise ModelStoreError(f"modelscope_token_file={path}: {e.strerror}") from None
+        raise ModelStoreError(f"mineru_modelscope_token_file={path}: {e.strerror}") from None
     if stat.S_IMODE(st.st_mode) & 0o077:
-        raise ModelStoreError(f"modelscope_token_file={path} has mode {oct(stat.S_IMODE(st.st_mode))}: chmod 600 {path}")
+        raise ModelStoreError(f"mineru_modelscope_token_file={path} has mode {oct(stat.S_IMODE(st.st_mode))}: chmod 600 {path}")
     return path
 
 
@@ -245,7 +245,7 @@ def _prepare(key: str, fetch: bool) -> Prepared:
         if not folder.is_absolute():
             folder = REPO / folder
         if not (folder / "config.json").is_file():
-            raise ModelStoreError(f"model_local_source={settings.model_local_source!r} is not a model folder on the controller")
+            raise ModelStoreError(f"mineru_model_local_source={settings.model_local_source!r} is not a model folder on the controller")
         return Prepared(local_manifest(folder, settings), folder)
     if settings.model_fetch_mode == "host":
         return Prepared(_client(settings, ["resolve"]), None)

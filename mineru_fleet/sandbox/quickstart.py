@@ -28,7 +28,7 @@ from mineru_fleet.controller import wheelhouse
 MODEL_DIR = REPO / ".sandbox" / "models" / "tiny-qwen2vl"  # what the local hub publishes
 HUB_HOME = REPO / ".sandbox" / "hub"        # the local ModelScope-compatible hub (mineru_fleet/sandbox/modelhub.py)
 HUB_PORT_OFFSET = 10000  # hub port = the sandbox instance's file server port + 10000 (18780 by default)
-# == inventory/group_data/sandbox.py: model_id, model_revision, modelscope_domain, modelscope_ca_bundle
+# == inventory/group_data/sandbox.py: mineru_model_id, mineru_model_revision, mineru_modelscope_domain, mineru_modelscope_ca_bundle
 HUB_MODEL_ID = "mineru-fleet/tiny-qwen2vl"
 HUB_REVISION = "v1.0.0-seed0"
 INVENTORY = REPO / "inventory" / "sandbox.py"

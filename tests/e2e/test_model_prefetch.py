@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mineru_fleet.core.settings import to_inventory
 from mineru_fleet.sandbox import modelhub
 from mineru_fleet import sandbox
 from mineru_fleet.sandbox import tinymodel
@@ -74,7 +75,7 @@ def write_inventory(path: Path, hosts, hub, **data) -> Path:
         d.update(data)
         if d.get("model_fetch_mode") == "host":
             d.setdefault("modelscope_host_domain", hub.domain(h.controller_ip))
-        entries.append((h.ip, d))
+        entries.append((h.ip, to_inventory(d)))
     path.write_text(f"hosts = {entries!r}\n")
     return path
 

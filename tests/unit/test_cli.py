@@ -40,7 +40,7 @@ def test_plan_text_is_a_table_with_reasons():
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--data", "tensor_paralel_size=2"], "did you mean tensor_parallel_size"),
+        (["--data", "tensor_paralel_size=2"], "did you mean mineru_tensor_parallel_size"),
         (["--data", "gpus=0,7"], "gpu-index"),
         (["--data", "tensor_parallel_size=3"], "does not divide"),
         (["--data", "gpu_memory_utilization=1.5"], "gpu_memory_utilization"),
@@ -80,10 +80,10 @@ def test_live_gather_at_local_saves_a_facts_folder(tmp_path):
 
 
 def test_deploy_stops_before_changes_on_bad_data():
-    r = subprocess.run([sys.executable, "-m", "pyinfra", "@local", "deploy.py", "-y", "--data", "tensor_paralel_size=2"],
+    r = subprocess.run([sys.executable, "-m", "pyinfra", "@local", "deploy.py", "-y", "--data", "mineru_tensor_paralel_size=2"],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode != 0
-    assert "unknown variable 'tensor_paralel_size'" in r.stdout + r.stderr
+    assert "unknown variable 'mineru_tensor_paralel_size' (did you mean mineru_tensor_parallel_size?)" in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
 
 

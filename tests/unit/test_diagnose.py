@@ -11,7 +11,7 @@ from mineru_fleet.core import diagnose as dg
 from mineru_fleet.controller.factsdir import load_host_facts
 from mineru_fleet.core.modelinfo import MINERU25_PROFILE
 from mineru_fleet.core.planner import plan
-from mineru_fleet.core.settings import load_settings
+from mineru_fleet.core.settings import load_settings, to_inventory
 from mineru_fleet.paths import EXAMPLE_HOSTS
 from tests.conftest import REPO
 
@@ -20,7 +20,7 @@ GPU_LOG = LOGS / "gpu-2x2080ti-reference.log"
 MF1 = LOGS / "cpu-sandbox-mf1.journal"
 MF2 = LOGS / "cpu-sandbox-mf2.journal"
 SEED = EXAMPLE_HOSTS / "seed-2x2080ti"
-REF_DATA = {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.3, "max_model_len": 16384}
+REF_DATA = {"mineru_tensor_parallel_size": 2, "mineru_gpu_memory_utilization": 0.3, "mineru_max_model_len": 16384}
 
 
 def run(*args, stdin=None):
@@ -149,11 +149,11 @@ def test_gpu_findings_with_the_reference_plan():
     dg.apply_plan(d, p.servers[0], p.warnings)
     assert "18432" in finding(d, "mm-worst-case-exceeds-max-model-len").plan_warns
     # with max_model_len 18432 the plan prevents the multimodal findings too
-    p2 = plan(facts, load_settings({**REF_DATA, "max_model_len": 18432}, facts.host), MINERU25_PROFILE)
+    p2 = plan(facts, load_settings({**REF_DATA, "mineru_max_model_len": 18432}, facts.host), MINERU25_PROFILE)
     d2 = dg.diagnose(GPU_LOG.read_bytes(), p2.servers[0])
     assert finding(d2, "mm-worst-case-exceeds-max-model-len").handled_by_plan == "the plan passes --max-model-len 18432"
     # one server per GPU: no all-reduce, no TP warning
-    p3 = plan(facts, load_settings({"gpu_memory_utilization": 0.3}, facts.host), MINERU25_PROFILE)
+    p3 = plan(facts, load_settings({"mineru_gpu_memory_utilization": 0.3}, facts.host), MINERU25_PROFILE)
     d3 = dg.diagnose(GPU_LOG.read_bytes(), p3.servers[0])
     assert "one server per GPU" in finding(d3, "custom-allreduce-no-p2p").handled_by_plan
     assert "one server per GPU" in finding(d3, "tensor-parallel-small-model").handled_by_plan

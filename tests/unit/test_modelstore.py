@@ -126,10 +126,10 @@ def test_token_is_never_rendered(tmp_path, monkeypatch):
 
 
 def test_token_is_not_an_inventory_variable():
-    with pytest.raises(SettingsError, match="unknown variable 'modelscope_token'"):
-        load_settings({"modelscope_token": "x"}, "h")
+    with pytest.raises(SettingsError, match="unknown variable 'mineru_modelscope_token'"):
+        load_settings({"mineru_modelscope_token": "x"}, "h")
     with pytest.raises(SettingsError, match="looks like a secret"):
-        load_settings({"extra_env": {"MODELSCOPE_API_TOKEN": "x"}}, "h")
+        load_settings({"mineru_extra_env": {"MODELSCOPE_API_TOKEN": "x"}}, "h")
 
 
 def test_install_is_verified_atomic_and_keeps_two_revisions(tmp_path):

@@ -9,7 +9,7 @@ from mineru_fleet.controller.factsdir import load_host_facts, read_facts_dir
 from mineru_fleet.core.hostfacts import Disk, build_host_facts
 from mineru_fleet.core.modelinfo import MINERU25_PROFILE, ModelFacts
 from mineru_fleet.core.planner import PlanError, plan
-from mineru_fleet.core.settings import load_settings
+from mineru_fleet.core.settings import load_settings, to_inventory
 from mineru_fleet.paths import EXAMPLE_HOSTS
 from tests.conftest import FIXTURES
 
@@ -31,7 +31,7 @@ def cpu_host(**os_overrides):
 
 
 def P(facts, **data):
-    return plan(facts, load_settings(data, facts.host))
+    return plan(facts, load_settings(to_inventory(data), facts.host))
 
 
 def codes(p):
@@ -137,7 +137,7 @@ def test_hostname_resolving_to_real_ip_gives_no_warning():
 
 def test_kv_cache_too_small_suggests_a_utilization():
     model = dataclasses.replace(MINERU25_PROFILE, num_layers=2400)  # huge KV per token
-    p = plan(seed(), load_settings(REFERENCE, "seed"), model)
+    p = plan(seed(), load_settings(to_inventory(REFERENCE), "seed"), model)
     w = next(w for w in p.warnings if w.code == "kv-cache-too-small")
     assert "gpu_memory_utilization" in w.fix and "kv_cache_memory_bytes" in w.fix
 
@@ -154,7 +154,7 @@ def test_kv_cache_memory_bytes_overrides_the_rule():
 
 
 def test_unknown_model_figures_stay_unknown():
-    p = plan(h100(), load_settings({"max_model_len": 8192}, "h"), ModelFacts(name="someone/else"))
+    p = plan(h100(), load_settings({"mineru_max_model_len": 8192}, "h"), ModelFacts(name="someone/else"))
     m = p.servers[0].memory
     assert m.weights_gib is None and m.kv_cache_gib is None and m.max_concurrency is None
 

@@ -12,7 +12,7 @@ from mineru_fleet.paths import EXAMPLE_HOSTS
 
 
 def seed_plan(**data):
-    s = load_settings({"tensor_parallel_size": 2, **data}, "seed")
+    s = load_settings({"mineru_tensor_parallel_size": 2, **data}, "seed")
     return plan(load_host_facts(EXAMPLE_HOSTS / "seed-2x2080ti"), s), s
 
 
