@@ -31,9 +31,20 @@ EXIT_UNREACHABLE = 3
 EXIT_FINDINGS = 1
 
 
+class BadInput(Exception):
+    """Bad command-line input found late (a --model-dir that is no model folder): exit 2 with this message."""
+
+
 def _model_facts(args, settings, local_source: bool = False):
     if getattr(args, "model_dir", None):
-        return modelinfo.from_model_dir(Path(args.model_dir), settings.model_id)
+        folder = Path(args.model_dir)
+        if not (folder / "config.json").is_file():
+            raise BadInput(f"--model-dir {args.model_dir}: not a model folder (no config.json there): give the folder "
+                           "holding the model's config.json and safetensors, or leave --model-dir out for the built-in profile")
+        try:
+            return modelinfo.from_model_dir(folder, settings.model_id)
+        except (OSError, ValueError, KeyError) as e:
+            raise BadInput(f"--model-dir {args.model_dir}: cannot read the model's files ({type(e).__name__}: {str(e)[:160]})") from None
     src = settings.model_local_source if local_source else None  # diagnose: the model the deploy copied
     if src and (Path(src) / "config.json").is_file():
         return modelinfo.from_model_dir(Path(src), settings.model_id)
@@ -307,12 +318,22 @@ def _sandbox(rest: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
     problem = checkout_problem()
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # the reader went away (`mineru-fleet plan | head`): stop quietly, no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

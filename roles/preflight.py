@@ -65,7 +65,7 @@ def preflight(show: bool = True) -> Plan:
         for w in inventory_warnings(host.data.dict()):
             print(f"{host.name}: warning: {w}", flush=True)
     prepared = resolve_model(settings)
-    files = host.get_fact(PreflightFiles, paths=host_paths(host.data.dict()))
+    files = host.get_fact(PreflightFiles, paths=host_paths(host.data.dict()), user=settings.service_user)
     try:
         facts = build_host_facts(host.name, files or {})
         p = plan(facts, settings, model_facts(settings, prepared.folder, prepared.manifest))

@@ -21,7 +21,7 @@ from mineru_fleet.core.hostfacts import COMMANDS, EXTRA_COMMANDS, GPU_FILES
 MARK = "##MINERU-FLEET-FILE## "
 
 
-def _script(paths: list[str]) -> str:
+def _script(paths: list[str], user: str = "mineru") -> str:
     """Shell script printing each facts file after a marker line (always exits 0)."""
     quoted = " ".join(shlex.quote(p) for p in paths)
     lines = [
@@ -41,8 +41,8 @@ def _script(paths: list[str]) -> str:
         f"echo '{MARK}extra.txt'",
     ]
     for cmd in EXTRA_COMMANDS:
-        run = cmd.replace("{paths}", "$dfpaths")
-        lines.append(f'echo "### {run}"' if "{paths}" in cmd else f"echo {shlex.quote('### ' + cmd)}")
+        run = cmd.replace("{paths}", "$dfpaths").replace("{user}", shlex.quote(user))
+        lines.append(f'echo "### {run}"' if "{paths}" in cmd else f"echo {shlex.quote('### ' + run)}")
         lines.append(f"{{ {run}; }} 2>&1; echo \"### rc=$?\"")
     lines.append("true")
     return "\n".join(lines)
@@ -70,8 +70,8 @@ class PreflightFiles(FactBase):
         {"os.txt": "PRETTY_NAME=...", "query-gpu.csv": "0, GPU-..., ...", "extra.txt": "### ..."}
     """
 
-    def command(self, paths: list[str] | None = None) -> str:
-        return "sh -c " + shlex.quote(_script(list(paths or ["/"])))
+    def command(self, paths: list[str] | None = None, user: str = "mineru") -> str:
+        return "sh -c " + shlex.quote(_script(list(paths or ["/"]), user))
 
     def process(self, output: list[str]) -> dict[str, str]:
         return split_marked(output)

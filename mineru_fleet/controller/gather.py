@@ -58,6 +58,14 @@ def load_inventory(inventory_arg: str) -> list[tuple[str, dict[str, Any]]]:
     return [(h["name"], dict(h.get("data") or {})) for h in hosts]
 
 
+def host_user(data: dict[str, Any]) -> str:
+    """The service account whose existing entry the preflight reads (a name load_settings accepts, else the default)."""
+    from mineru_fleet.core.settings import USER_NAME
+
+    user = data.get(var("service_user"), DEFAULTS["service_user"])
+    return user if isinstance(user, str) and USER_NAME.fullmatch(user) else DEFAULTS["service_user"]
+
+
 def _for_each_host(inventory_arg: str, override_data: dict[str, Any] | None, collect) -> dict[str, Gathered]:
     """Load an inventory, connect to every host and call ``collect(host, data) -> Gathered`` on each
     reachable one. Unreachable hosts get ``error`` set. pyinfra's public API only: ``Inventory``,
@@ -91,7 +99,7 @@ def gather(inventory_arg: str, override_data: dict[str, Any] | None = None) -> d
     from mineru_fleet.controller.facts import PreflightFiles
 
     def collect(host, data: dict) -> Gathered:
-        files = host.get_fact(PreflightFiles, paths=host_paths(data))
+        files = host.get_fact(PreflightFiles, paths=host_paths(data), user=host_user(data))
         if not files or "os.txt" not in files:
             return Gathered(host.name, data=data, error="the preflight fact returned no output")
         return Gathered(host.name, files=files, data=data)
@@ -108,7 +116,7 @@ def gather_journals(inventory_arg: str, unit: str, override_data: dict[str, Any]
     from mineru_fleet.controller.journal import UnitJournal
 
     def collect(host, data: dict) -> Gathered:
-        files = dict(host.get_fact(PreflightFiles, paths=host_paths(data)) or {})
+        files = dict(host.get_fact(PreflightFiles, paths=host_paths(data), user=host_user(data)) or {})
         j = host.get_fact(UnitJournal, unit=unit) or {}
         files["journal"] = "\n".join(j.get("lines") or []) + ("\n" if j.get("lines") else "")
         data["_journal"] = {k: j.get(k) for k in ("unit", "invocation", "active")}

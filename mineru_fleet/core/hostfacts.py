@@ -55,6 +55,7 @@ EXTRA_COMMANDS = (
     "command -v g++ gcc",
     "ss -Hltnp",
     "/usr/bin/python3 --version",
+    "getent passwd {user}",
 )
 
 
@@ -136,6 +137,17 @@ class NetInfo:
 
 
 @dataclass(frozen=True)
+class PasswdEntry:
+    """One ``getent passwd`` line: the account the service would run as, when it already exists."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+
+@dataclass(frozen=True)
 class HostFacts:
     """Everything the planner knows about one host."""
 
@@ -150,6 +162,7 @@ class HostFacts:
     glibcxx: str | None
     nvidia_smi_error: str | None = None
     python_version: tuple[int, int] | None = None
+    service_user: PasswdEntry | None = None  # the existing account of that name (None: absent or not gathered)
     listening: dict[int, str] = field(default_factory=dict)
     has_cxx_compiler: bool | None = None
     extra: dict[str, tuple[int, str]] = field(default_factory=dict, repr=False)
@@ -194,6 +207,11 @@ def parse_query_gpu(text: str, source: str = "query-gpu.csv") -> tuple[Gpu, ...]
             )
         except ValueError as e:
             raise FactsError(f"{source}:{lineno}: {e}: {line!r}") from None
+    seen = [g.index for g in gpus]
+    dups = sorted({i for i in seen if seen.count(i) > 1})
+    if dups:
+        raise FactsError(f"{source}: GPU index {', '.join(map(str, dups))} listed more than once: nvidia-smi lists each GPU "
+                         "once; gather the facts again (mineru-fleet plan --host HOST --save DIR)")
     return tuple(gpus)
 
 
@@ -464,6 +482,21 @@ def parse_python_version(extra: dict[str, tuple[int, str]]) -> tuple[int, int] |
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def parse_passwd(extra: dict[str, tuple[int, str]]) -> PasswdEntry | None:
+    """The ``getent passwd USER`` line (None when the account does not exist or was not gathered)."""
+    sec = find_section(extra, "getent passwd")
+    if not sec or sec[0] != 0:
+        return None
+    for line in sec[1].splitlines():
+        cols = line.split(":")
+        if len(cols) >= 7:
+            try:
+                return PasswdEntry(cols[0], int(cols[2]), int(cols[3]), cols[5], cols[6])
+            except ValueError:
+                raise FactsError(f"extra.txt: getent passwd printed {line[:120]!r}: uid/gid are not numbers") from None
+    return None
+
+
 def _has_cxx(extra: dict[str, tuple[int, str]]) -> bool | None:
     sec = find_section(extra, "command -v g++")
     if sec is None:
@@ -479,10 +512,26 @@ def build_host_facts(host: str, files: dict[str, str]) -> HostFacts:
     """
     if "os.txt" not in files:
         raise FactsError(f"{host}: facts have no os.txt (the output of: {COMMANDS['os.txt']})")
-    extra = parse_extra(files.get("extra.txt", ""))
+    return _build(host, files)
+
+
+def _read(host: str, name: str, fn, *args):
+    """``fn(*args)`` for facts file ``name``; any output its parser did not expect becomes a FactsError naming the file."""
+    try:
+        return fn(*args)
+    except FactsError as e:
+        msg = str(e)
+        raise FactsError(msg if msg.startswith(f"{host}:") else f"{host}: {msg}") from None
+    except (ValueError, IndexError, KeyError, struct.error) as e:
+        raise FactsError(f"{host}: {name} cannot be read ({type(e).__name__}: {str(e)[:160]}): it is not the output of "
+                         f"its command; gather the facts again (mineru-fleet plan --host HOST --save DIR)") from None
+
+
+def _build(host: str, files: dict[str, str]) -> HostFacts:
+    extra = _read(host, "extra.txt", parse_extra, files.get("extra.txt", ""))
     has_smi = "query-gpu.csv" in files or "nvidia-smi-error.txt" in files
-    gpus = parse_query_gpu(files["query-gpu.csv"]) if "query-gpu.csv" in files else ()
-    driver, cuda = parse_driver_cuda(files.get("driver-cuda.txt", ""))
+    gpus = _read(host, "query-gpu.csv", parse_query_gpu, files["query-gpu.csv"]) if "query-gpu.csv" in files else ()
+    driver, cuda = _read(host, "driver-cuda.txt", parse_driver_cuda, files.get("driver-cuda.txt", ""))
     if driver is None and gpus:
         driver = gpus[0].driver_version
     return HostFacts(
@@ -491,13 +540,14 @@ def build_host_facts(host: str, files: dict[str, str]) -> HostFacts:
         has_nvidia_smi=has_smi,
         driver_version=driver,
         driver_cuda=cuda,
-        p2p=parse_topo_matrix(files.get("topo-p2p-r.txt", "")),
-        os=parse_os(files["os.txt"], extra),
-        net=parse_net(extra),
-        glibcxx=parse_glibcxx(extra),
+        p2p=_read(host, "topo-p2p-r.txt", parse_topo_matrix, files.get("topo-p2p-r.txt", "")),
+        os=_read(host, "os.txt", parse_os, files["os.txt"], extra),
+        net=_read(host, "extra.txt (/proc/net/route, fib_trie, getent hosts)", parse_net, extra),
+        glibcxx=_read(host, "extra.txt (GLIBCXX)", parse_glibcxx, extra),
         nvidia_smi_error=files.get("nvidia-smi-error.txt"),
-        listening=parse_listening(extra),
+        listening=_read(host, "extra.txt (ss -Hltnp)", parse_listening, extra),
         has_cxx_compiler=_has_cxx(extra),
-        python_version=parse_python_version(extra),
+        python_version=_read(host, "extra.txt (python3 --version)", parse_python_version, extra),
+        service_user=_read(host, "extra.txt (getent passwd)", parse_passwd, extra),
         extra=extra,
     )

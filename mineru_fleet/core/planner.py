@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from mineru_fleet.core.hostfacts import HostFacts
+from mineru_fleet.core.hostfacts import HostFacts, PasswdEntry
 from mineru_fleet.core.modelinfo import GIB, ModelFacts, builtin_profile
 from mineru_fleet.core.settings import Settings
 
@@ -139,6 +139,23 @@ def _disk_for(facts: HostFacts, path: str):
     return best
 
 
+def service_user_problem(account: PasswdEntry | None, s: Settings) -> str | None:
+    """Why the host's existing account named ``s.service_user`` cannot be ours (None: absent, or made by us).
+
+    Ours = the account the runtime role creates: its home is ``<state_dir>/home``. Any other existing
+    account (root, a system account, a person's login) is refused: the runtime role would change its
+    shell and home."""
+    if account is None:
+        return None
+    if account.uid == 0:
+        return f"service_user {account.name!r} is root (uid 0): the server never runs as root."
+    if account.home != f"{s.state_dir}/home":
+        kind = "a system account" if account.uid < 1000 else "an existing login account"
+        return (f"service_user {account.name!r} is {kind} on this host (uid {account.uid}, home {account.home}) that "
+                "mineru-fleet did not create: the deploy would turn it into a no-login service account.")
+    return None
+
+
 def _choose_profile(facts: HostFacts, s: Settings, errors: list[Finding]) -> str:
     if s.asks_for_gpus and not facts.has_nvidia_smi:
         asked = "profile: cuda" if s.profile == "cuda" else f"gpus: {s.gpus}"
@@ -161,6 +178,15 @@ def _choose_profile(facts: HostFacts, s: Settings, errors: list[Finding]) -> str
         return "cuda"
     if s.profile == "cpu":
         return "cpu"
+    if s.asks_for_gpus and not facts.gpus:
+        errors.append(
+            Finding(
+                "no-gpu",
+                "the inventory asks for GPUs (profile: cuda) but nvidia-smi lists no GPU on this host.",
+                "check `nvidia-smi -L` on the host (GPU passed through? MIG-only?), or set mineru_profile: cpu",
+            )
+        )
+        return "cuda"
     return "cuda" if facts.gpus else "cpu"
 
 
@@ -280,6 +306,19 @@ def _memory_cuda(
 def _memory_findings(
     mem: MemoryPlan, s: Settings, model: ModelFacts, name: str, max_len: int | None, errors: list, warnings: list
 ) -> None:
+    if s.kv_cache_memory_bytes is not None and mem.visible_gib:
+        fixed_gib = (mem.weights_gib or 0) + (mem.non_torch_gib or 0) + (mem.activation_peak_gib or 0)
+        if (mem.kv_cache_gib or 0) + fixed_gib > mem.visible_gib:
+            fits = max(0, int((mem.visible_gib - fixed_gib) * 0.9 * GIB))
+            errors.append(
+                Finding(
+                    "kv-cache-larger-than-gpu",
+                    f"server {name}: kv_cache_memory_bytes={s.kv_cache_memory_bytes} ({mem.kv_cache_gib} GiB) plus weights and "
+                    f"activations ({fixed_gib:.2f} GiB) exceeds the GPU's {mem.visible_gib} GiB: vLLM would not start.",
+                    f"set mineru_kv_cache_memory_bytes: {fits} or less, or unset it to use mineru_gpu_memory_utilization",
+                )
+            )
+            return
     if mem.kv_cache_gib is None:
         return
     need_tokens = max_len
@@ -366,6 +405,21 @@ def _check_common(facts, s, profile, model, servers, max_len, errors, warnings) 
                 f"/usr/bin/python3 is Python {have}; locks/{profile}.txt is built for Python {want[0]}.{want[1]}.",
                 f"install Python {want[0]}.{want[1]} as /usr/bin/python3 on the host, or regenerate the lock for {have} "
                 f"(python -m mineru_fleet.controller.locks, --python-version {have})",
+            )
+        )
+    # the account the server runs as: never one the deploy did not make (runtime would usermod it)
+    problem = service_user_problem(facts.service_user, s)
+    if problem:
+        errors.append(Finding("service-user", problem, "set mineru_service_user to a new name (the deploy creates it, "
+                              "e.g. 'mineru'), or remove that account from the host if it was ours"))
+    # sequence length the model can take at all (vLLM refuses more than its derived max_model_len)
+    if s.max_model_len and model.max_position_embeddings and s.max_model_len > model.max_position_embeddings:
+        errors.append(
+            Finding(
+                "max-model-len-too-long",
+                f"max_model_len={s.max_model_len} exceeds the model's own limit of {model.max_position_embeddings} tokens "
+                "(config.json max_position_embeddings): vLLM refuses to start.",
+                f"set mineru_max_model_len to at most {model.max_position_embeddings}, or unset it",
             )
         )
     # ports

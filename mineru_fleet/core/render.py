@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 from rich.console import Console
 from rich.table import Table
@@ -25,11 +26,22 @@ def _fmt(v) -> str:
     return "unknown" if v is None else str(v)
 
 
+#: C0/C1 control characters except newline and tab: a value read from a host or a log never drives the terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character (ESC of a colour, OSC title or hyperlink, a terminal reset) shown escaped."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def plan_text(p: Plan, width: int = 140) -> str:
-    """The plan as text tables (what an engineer would otherwise write by hand from a startup log)."""
+    """The plan as text tables (what an engineer would otherwise write by hand from a startup log).
+
+    Rich markup is off: a ``[`` in a host name or value prints as itself; control characters are escaped."""
     buf = io.StringIO()
-    con = Console(file=buf, width=width, force_terminal=False, color_system=None)
-    con.print(f"[bold]{p.host}[/bold]: profile {p.profile}, {len(p.servers)} server(s), model {p.model.name} at {p.model_dir}")
+    con = Console(file=buf, width=width, force_terminal=False, color_system=None, markup=False, highlight=False, emoji=False)
+    con.print(f"{p.host}: profile {p.profile}, {len(p.servers)} server(s), model {p.model.name} at {p.model_dir}")
     for row in p.rows:
         con.print(f"  {row.setting}: {row.value}  ({row.why})")
     for sv in p.servers:
@@ -66,7 +78,7 @@ def plan_text(p: Plan, width: int = 140) -> str:
         for w in p.warnings:
             t.add_row(w.code, w.message, w.fix)
         con.print(t)
-    return buf.getvalue()
+    return terminal_safe(buf.getvalue())
 
 
 def plan_json(p: Plan) -> str:
@@ -79,4 +91,4 @@ def errors_text(e: PlanError) -> str:
         lines.append(f"  [{f.code}] {f.message}")
         if f.fix:
             lines.append(f"      fix: {f.fix}")
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))

@@ -21,14 +21,85 @@ Example::
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import posixpath
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_MODEL_ID = "OpenDataLab/MinerU2.5-2509-1.2B"
 
 #: Every inventory variable of ours starts with this; any other key belongs to someone else.
 PREFIX = "mineru_"
+
+# ------------------------------------------------------------------------------------------------
+# What a value may be: one rule per kind, applied to every variable of that kind (issue 10).
+# Values that reach a host (paths, user, names, args) are refused here, in preflight, before any
+# host changes; the roles and templates quote and escape them again anyway (units.py, roles/).
+# ------------------------------------------------------------------------------------------------
+
+#: Host paths: absolute, normalised, and only these characters (no whitespace, quotes, shell or
+#: systemd specials such as ``%`` ``$`` ``;`` ``\``): safe in a unit file, an env file and a shell word.
+HOST_PATH = re.compile(r"/[A-Za-z0-9._+@-]+(?:/[A-Za-z0-9._+@-]+)*")
+#: useradd's default NAME_REGEX, 32 characters at most.
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+#: Accounts that are never ours, whatever the host says (the host fact refuses every other account we did not make).
+SYSTEM_ACCOUNTS = frozenset({"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
+                             "www-data", "backup", "list", "irc", "nobody", "sshd", "messagebus", "adm", "systemd-network"})
+ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: ModelScope ids: ``owner/name``, each part starting with a letter or digit, then letters, digits, ``. _ -``.
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}/[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: ModelScope revisions: tags (v1.0.0), branches (master) and commit ids.
+REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,255}")
+DNS_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+URL = re.compile(r"(https?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?(/[A-Za-z0-9._~/%+@=-]*)?")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+GLOB = re.compile(r"[A-Za-z0-9._*?/\[\]!+@-]+")
+#: mineru-vllm-server flags the plan sets itself (their inventory variable says so).
+PLANNED_FLAGS = {"--model": "the model role places the model", "--host": "mineru_host", "--port": "mineru_port",
+                 "--served-model-name": "mineru_served_model_name", "--tensor-parallel-size": "mineru_tensor_parallel_size",
+                 "--gpu-memory-utilization": "mineru_gpu_memory_utilization", "--dtype": "mineru_dtype"}
+SECRET_WORDS = ("TOKEN", "API_KEY", "APIKEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE_KEY")
+#: Variables whose values are never repeated in an error (they may carry a secret the user pasted by mistake).
+NO_ECHO = frozenset({"extra_env", "extra_args"})
+
+
+def host_path_problem(v: str) -> str | None:
+    """Why ``v`` is not a host path we accept (None when it is)."""
+    if not isinstance(v, str) or not v.startswith("/"):
+        return "must be an absolute path (starting with /)"
+    if CONTROL.search(v) or any(c.isspace() for c in v):
+        return "must not contain whitespace or control characters"
+    if posixpath.normpath(v) != v or v.endswith("/"):
+        return f"must be normalised (no //, /./, /../ or trailing /): write {posixpath.normpath(v)!r}"
+    if v == "/":
+        return "must not be / itself: give a folder of its own, e.g. /opt/mineru-fleet"
+    if not HOST_PATH.fullmatch(v):
+        return "may contain only letters, digits and . _ + @ - between the slashes (no quotes, $, %, ;, \\ or spaces)"
+    return None
+
+
+def host_port_problem(v: str) -> str | None:
+    """Why ``v`` is not ``HOST[:PORT]`` (a DNS name, an IPv4 address or [IPv6])."""
+    if "/" in v or any(c.isspace() for c in v) or CONTROL.search(v):
+        return "is not HOST[:PORT]: no scheme (https is implied), path, spaces or control characters"
+    host, port = v, None
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?", v)
+    if m:
+        try:
+            ipaddress.IPv6Address(m.group(1))
+        except ValueError:
+            return "is not HOST[:PORT]: the bracketed part is not an IPv6 address"
+        port = m.group(2)
+    else:
+        host, sep, port = v.rpartition(":") if ":" in v else (v, "", None)
+        if not DNS_NAME.fullmatch(host or ""):
+            return "is not HOST[:PORT] (a DNS name or IPv4 address, an optional :PORT; no scheme, path or spaces)"
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return "has a port outside 1..65535"
+    return None
 
 
 class Settings(BaseModel):
@@ -44,15 +115,15 @@ class Settings(BaseModel):
     )
     gpus: list[int] | None = Field(None, description="GPU indices to use (nvidia-smi numbering); default: all of them.")
     tensor_parallel_size: int | None = Field(
-        None, ge=1, description="vLLM -tp. Unset: one server per GPU (data parallel, best for a 1.2B model)."
+        None, ge=1, le=64, description="vLLM -tp. Unset: one server per GPU (data parallel, best for a 1.2B model)."
     )
     # --- vLLM engine -----------------------------------------------------------------------
     gpu_memory_utilization: float = Field(0.5, description="Share of CUDA-visible memory vLLM may use, in (0, 1].")
-    max_model_len: int | None = Field(None, ge=1, description="vLLM --max-model-len; unset: the model's own limit.")
+    max_model_len: int | None = Field(None, ge=1, le=1 << 24, description="vLLM --max-model-len; unset: the model's own limit.")
     kv_cache_memory_bytes: int | None = Field(
-        None, ge=1, description="vLLM --kv-cache-memory-bytes: a fixed KV cache size instead of the utilization rule."
+        None, ge=1 << 20, le=1 << 44, description="vLLM --kv-cache-memory-bytes: a fixed KV cache size instead of the utilization rule."
     )
-    max_num_seqs: int | None = Field(None, ge=1, description="vLLM --max-num-seqs; unset: vLLM's 256.")
+    max_num_seqs: int | None = Field(None, ge=1, le=1 << 16, description="vLLM --max-num-seqs; unset: vLLM's 256.")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         "auto", description="auto: bfloat16 when every GPU is sm_80+, else float16."
     )
@@ -63,7 +134,7 @@ class Settings(BaseModel):
     host: str = Field("0.0.0.0", description="vLLM --host: address the API listens on.")
     port: int = Field(30000, description="vLLM --port of the first server; server i listens on port + i.")
     served_model_name: str | None = Field(None, description="vLLM --served-model-name; unset: the model path.")
-    cpu_kvcache_space_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU hosts (GiB of KV cache).")
+    cpu_kvcache_space_gib: int = Field(1, ge=1, le=1 << 14, description="VLLM_CPU_KVCACHE_SPACE on CPU hosts (GiB of KV cache).")
     extra_args: list[str] = Field(default_factory=list, description="Extra mineru-vllm-server arguments, appended as is.")
     extra_env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the server.")
     # --- model -----------------------------------------------------------------------------
@@ -95,9 +166,9 @@ class Settings(BaseModel):
     model_allow_patterns: list[str] = Field(default_factory=list, description="Only files matching these globs (snapshot_download allow_patterns).")
     model_ignore_patterns: list[str] = Field(default_factory=list, description="Skip files matching these globs (snapshot_download ignore_patterns).")
     model_free_space_margin_mib: int = Field(
-        512, ge=0, description="Free space a host must keep beyond the model's size, checked before any byte is written."
+        512, ge=0, le=1 << 24, description="Free space a host must keep beyond the model's size, checked before any byte is written."
     )
-    model_keep_revisions: int = Field(2, ge=1, description="Revision folders kept per model on a host (the current one included).")
+    model_keep_revisions: int = Field(2, ge=1, le=100, description="Revision folders kept per model on a host (the current one included).")
     model_fetch_python: str = Field(
         "/opt/mineru-fleet/current/venv/bin/python", description="Python with modelscope on the host (host mode)."
     )
@@ -137,16 +208,143 @@ class Settings(BaseModel):
                 raise ValueError("is empty: leave it unset to use every GPU, or list indices like [0, 1]")
             if len(set(v)) != len(v):
                 raise ValueError(f"lists a GPU twice: {v}")
-            if any(i < 0 for i in v):
-                raise ValueError(f"has a negative index: {v}")
+            if any(i < 0 or i > 1023 for i in v):
+                raise ValueError(f"has an index outside 0..1023: {v}")
         return v
 
     @field_validator("extra_env")
     @classmethod
-    def _no_secrets_in_env(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if any(word in k.upper() for word in ("TOKEN", "API_KEY", "SECRET", "PASSWORD")):
+    def _env_keys_values(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not ENV_KEY.fullmatch(k):
+                raise ValueError(f"key {k!r} is not an environment variable name: use letters, digits and _ "
+                                 "(not starting with a digit), e.g. {\"OMP_NUM_THREADS\": \"4\"}")
+            if any(word in k.upper() for word in SECRET_WORDS):
                 raise ValueError(f"{k} looks like a secret: secrets never go in inventory data (set it on the controller)")
+            if k == "MINERU_VLLM_ARGS":
+                raise ValueError("MINERU_VLLM_ARGS is written by the plan: use mineru_extra_args for extra server arguments")
+            if CONTROL.search(val):
+                raise ValueError(f"the value of {k} contains a control character (newline, tab, ...): one line of printable text only")
+        return v
+
+    @field_validator("install_dir", "state_dir", "model_fetch_python")
+    @classmethod
+    def _host_path(cls, v: str) -> str:
+        problem = host_path_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("model_dir")
+    @classmethod
+    def _model_dir(cls, v: str | None) -> str | None:
+        problem = None if v is None else host_path_problem(v)
+        if problem:
+            raise ValueError(problem)
+        if v is not None and v.count("/") < 2:
+            raise ValueError("must be a folder inside a folder, e.g. /srv/models/mineru (its revisions go next to it)")
+        return v
+
+    @field_validator("model_cache_dir", "modelscope_ca_bundle", "modelscope_token_file", "model_local_source")
+    @classmethod
+    def _controller_path(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or CONTROL.search(v)):
+            raise ValueError("must be a path on the controller without control characters")
+        return v
+
+    @field_validator("service_user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not USER_NAME.fullmatch(v):
+            raise ValueError("must be a user name of lowercase letters, digits, _ and - (starting with a letter or _, "
+                             "32 characters at most), e.g. 'mineru'")
+        if v in SYSTEM_ACCOUNTS:
+            raise ValueError(f"{v!r} is a system account: the server runs as a dedicated account the deploy creates, e.g. 'mineru'")
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+            return v
+        except ValueError:
+            pass
+        if not DNS_NAME.fullmatch(v):
+            raise ValueError("must be an IP address (e.g. 0.0.0.0, 127.0.0.1, ::) or a host name, nothing else")
+        return v
+
+    @field_validator("modelscope_domain", "modelscope_host_domain")
+    @classmethod
+    def _domain(cls, v: str | None) -> str | None:
+        problem = None if v is None else host_port_problem(v)
+        if problem:
+            raise ValueError(problem + ", e.g. 'www.modelscope.cn' or 'hub.internal:8443'")
+        return v
+
+    @field_validator("wheel_find_links")
+    @classmethod
+    def _find_links(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if v.startswith("/"):
+            problem = host_path_problem(v.rstrip("/") or v)
+            if problem:
+                raise ValueError(f"a folder on the host {problem}")
+            return v
+        m = URL.fullmatch(v)
+        if not m:
+            raise ValueError("must be an http(s) URL (letters, digits and . _ ~ / % + @ = - in its path; no quotes, "
+                             "spaces, ; or $) or an absolute folder on the host, e.g. 'http://10.0.0.1:8000/wheels/'")
+        if m.group(3) and not 1 <= int(m.group(3)) <= 65535:
+            raise ValueError("has a port outside 1..65535")
+        return v
+
+    @field_validator("model_id")
+    @classmethod
+    def _model_id(cls, v: str) -> str:
+        if not MODEL_ID.fullmatch(v) or ".." in v:
+            raise ValueError("must be a ModelScope id OWNER/NAME (letters, digits, . _ -), e.g. 'OpenDataLab/MinerU2.5-2509-1.2B'")
+        return v
+
+    @field_validator("model_revision")
+    @classmethod
+    def _revision(cls, v: str) -> str:
+        if not REVISION.fullmatch(v) or ".." in v:
+            raise ValueError("must be a ModelScope tag, branch or commit (letters, digits, . _ -), e.g. 'v1.0.0'")
+        return v
+
+    @field_validator("served_model_name")
+    @classmethod
+    def _served(cls, v: str | None) -> str | None:
+        if v is not None and not SERVED_NAME.fullmatch(v):
+            raise ValueError("may contain only letters, digits and . _ / : @ + - (no spaces or quotes), e.g. 'mineru2.5'")
+        return v
+
+    @field_validator("model_allow_patterns", "model_ignore_patterns")
+    @classmethod
+    def _globs(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not GLOB.fullmatch(p) or p.startswith("-"):
+                raise ValueError(f"pattern {p!r} may contain only letters, digits and . _ * ? / [ ] ! + @ - "
+                                 "(no spaces or quotes; not starting with -), e.g. '*.safetensors'")
+        return v
+
+    @field_validator("extra_args")
+    @classmethod
+    def _args(cls, v: list[str]) -> list[str]:
+        for i, a in enumerate(v):
+            if not a:
+                raise ValueError(f"item {i} is empty: drop it")
+            if CONTROL.search(a) or "\\" in a:
+                raise ValueError(f"item {i} contains a control character or a backslash: one argument of printable text")
+            flag = a.split("=", 1)[0]
+            if flag.startswith("--") and any(c.isspace() for c in a) and "=" not in a and "{" not in a:
+                raise ValueError(f"item {i} holds several words: each item is one argument, write them as separate items")
+            if flag in PLANNED_FLAGS:
+                raise ValueError(f"item {i} sets {flag}, which the plan sets: use {PLANNED_FLAGS[flag]}")
+            if flag in ("--api-key",) or any(w in flag.upper().replace("-", "_") for w in SECRET_WORDS):
+                raise ValueError(f"item {i} passes a secret ({flag}): secrets never go in inventory data")
         return v
 
     @property
@@ -164,6 +362,15 @@ class SettingsError(ValueError):
         self.host = host
         self.problems = problems
         super().__init__(f"{host}: " + "; ".join(problems))
+
+
+def _shown(field: str, value: Any) -> str:
+    """``=<value>`` for an error message: repr (control characters escaped), shortened; nothing for
+    variables that may hold a secret pasted by mistake (the message names the variable, never the value)."""
+    if field in NO_ECHO:
+        return ""
+    text = repr(value)
+    return "=" + (text if len(text) <= 80 else text[:77] + "...")
 
 
 def var(name: str) -> str:
@@ -219,7 +426,7 @@ def load_settings(data: dict[str, Any], host: str) -> Settings:
             name = var(loc[0]) if loc else "?"
             where = ".".join([name, *loc[1:]])
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"variable {where}={err.get('input')!r}: {msg}")
+            problems.append(f"variable {where}{_shown(loc[0] if loc else '', err.get('input'))}: {msg}")
         raise SettingsError(host, problems) from None
 
 
