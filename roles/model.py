@@ -23,7 +23,7 @@ import json
 import shlex
 
 from pyinfra import host
-from pyinfra.api import FactBase, RsyncCommand, deploy, operation
+from pyinfra.api import FactBase, FileUploadCommand, RsyncCommand, StringCommand, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.server import Which
 from pyinfra.operations import files, python, server
@@ -34,7 +34,23 @@ from mineru_fleet.core.settings import Settings
 from mineru_fleet.core.units import ENV_DIR, paths
 
 HOST_CA = f"{ENV_DIR}/modelhub-ca.pem"
-HOST_TOKEN = f"{ENV_DIR}/modelscope-token"
+#: root-only folder (0700) for secrets: whatever mode a file in it has while being written, nobody else can open it
+PRIVATE_DIR = f"{ENV_DIR}/private"
+HOST_TOKEN = f"{PRIVATE_DIR}/modelscope-token"
+
+
+@operation(is_idempotent=False)
+def secret_file(content: str, dest: str):
+    """Upload ``content`` to ``dest`` (inside PRIVATE_DIR), then chown root and chmod 600.
+
+    Unlike ``files.put`` this prints no diff under ``pyinfra --diff`` (the old and new content would
+    be the token) and never reads the remote file back. Connected as root, the upload goes straight
+    to ``dest`` inside the 0700 folder; with ``_sudo`` pyinfra first writes its temporary copy into
+    ``_temp_dir`` (set it to a 0700 folder of the SSH user to keep that copy private too)."""
+    yield FileUploadCommand(io.BytesIO(content.encode()), dest,
+                            remote_temp_filename=host.get_temp_filename(dest, temp_directory=host.data.get("_temp_dir")))
+    yield StringCommand("chown", "root:root", shlex.quote(dest))
+    yield StringCommand("chmod", "600", shlex.quote(dest))
 
 
 class ModelError(PyinfraError):
@@ -97,8 +113,7 @@ def model(plan: Plan, settings: Settings) -> list:
     files.put(name="Model manifest (hub file list)", src=io.StringIO(json.dumps(manifest, sort_keys=True, indent=1)),
               dest=f["manifest"], mode="644")
     if tp.seed_from_final:
-        server.shell(name="Staging folder from the current revision (repair)",
-                     commands=[f"rm -rf {f['staging']} && cp -a {f['final']} {f['staging']}"])
+        server.shell(name="Staging folder from the current revision (repair)", commands=[repair_command(f)])
 
     if settings.model_fetch_mode == "host" and prepared.folder is None:
         env = {"MODELSCOPE_DOMAIN": settings.modelscope_host_domain or settings.modelscope_domain or "",
@@ -107,20 +122,16 @@ def model(plan: Plan, settings: Settings) -> list:
             files.directory(name="Config folder", path=ENV_DIR, user="root", group="root", mode="755")
             files.put(name="Hub CA", src=modelstore.ca_path(settings), dest=HOST_CA, mode="644")
             env.update(REQUESTS_CA_BUNDLE=HOST_CA, SSL_CERT_FILE=HOST_CA)
-        args = ""
+        token_file = None
         token = _controller_token(settings)
         if token:
-            files.put(name="ModelScope token (0600)", src=io.StringIO(token), dest=HOST_TOKEN, mode="600",
-                      user="root", group="root")
-            args = f" --token-file {HOST_TOKEN}"
-        exports = " ".join(f"{k}={v}" for k, v in env.items() if v)
-        patterns = "".join(f" --allow '{p}'" for p in settings.model_allow_patterns)
-        patterns += "".join(f" --ignore '{p}'" for p in settings.model_ignore_patterns)
+            files.directory(name="Private folder (0700, root)", path=PRIVATE_DIR, user="root", group="root", mode="700")
+            secret_file(name="ModelScope token (0600, no diff)", content=token, dest=HOST_TOKEN)
+            token_file = HOST_TOKEN
         server.shell(
             name=f"snapshot_download {settings.model_id}@{settings.model_revision} on the host",
-            commands=[f"mkdir -p {f['staging']} && env {exports} {settings.model_fetch_python} {fetcher} fetch"
-                      f" --model-id {settings.model_id} --revision {settings.model_revision}{patterns}"
-                      f" --local-dir {f['staging']}{args} >/dev/null"],
+            commands=[host_fetch_command(settings, env, fetcher, f["staging"], token_file,
+                                         keep_token=settings.modelscope_keep_token_file)],
         )
     else:
         if prepared.folder is None:  # the controller cache lacks this revision: fetch it when the run executes
@@ -136,10 +147,42 @@ def model(plan: Plan, settings: Settings) -> list:
 
     install = server.shell(
         name=f"Verify and install {settings.model_id}@{settings.model_revision}",
-        commands=[f"python3 {fetcher} install --manifest {f['manifest']} --staging {f['staging']} --final {f['final']}"
-                  f" --keep {settings.model_keep_revisions}"],
+        commands=[install_command(fetcher, f, settings.model_keep_revisions)],
     )
     return [install]
+
+
+def repair_command(f: dict[str, str]) -> str:
+    """Shell: a staging copy of the current revision folder (quoted words)."""
+    q = shlex.quote
+    return f"rm -rf -- {q(f['staging'])} && cp -a -- {q(f['final'])} {q(f['staging'])}"
+
+
+def host_fetch_command(settings: Settings, env: dict[str, str], fetcher: str, staging: str, token_file: str | None,
+                       keep_token: bool = False) -> str:
+    """Shell: snapshot_download on the host into ``staging`` (every word quoted; the token stays in its file,
+    which is removed right after the download, failed or not, unless ``keep_token``)."""
+    q = shlex.quote
+    words = ["env", *(q(f"{k}={v}") for k, v in env.items() if v), q(settings.model_fetch_python), q(fetcher), "fetch",
+             "--model-id", q(settings.model_id), "--revision", q(settings.model_revision)]
+    for p in settings.model_allow_patterns:
+        words += ["--allow", q(p)]
+    for p in settings.model_ignore_patterns:
+        words += ["--ignore", q(p)]
+    words += ["--local-dir", q(staging)]
+    if token_file:
+        words += ["--token-file", q(token_file)]
+    cmd = f"mkdir -p -- {q(staging)} && {' '.join(words)} >/dev/null"
+    if token_file and not keep_token:
+        cmd = f"{cmd}; rc=$?; rm -f -- {q(token_file)}; exit $rc"
+    return cmd
+
+
+def install_command(fetcher: str, f: dict[str, str], keep: int) -> str:
+    """Shell: verify the staging folder against the manifest and rename it into place (quoted words)."""
+    q = shlex.quote
+    return (f"python3 {q(fetcher)} install --manifest {q(f['manifest'])} --staging {q(f['staging'])} --final {q(f['final'])}"
+            f" --keep {int(keep)}")
 
 
 def _controller_token(settings: Settings) -> str | None:

@@ -11,6 +11,7 @@ succeeded, so a failed upgrade leaves the previous release serving.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 
@@ -40,19 +41,44 @@ def controller_uv() -> str:
 
 
 def install_command(venv: str, lock: str, uv: str, settings: Settings) -> str:
-    """Shell that (re)builds ``venv`` from ``lock`` with uv, offline when a find-links URL is set."""
+    """Shell that (re)builds ``venv`` from ``lock`` with uv, offline when a find-links URL is set.
+
+    Every word built from inventory data goes through ``shlex.quote`` (the values are validated in
+    preflight too: this is the second wall)."""
+    q = shlex.quote
     source = (
-        f"--no-index --find-links {settings.wheel_find_links}" if settings.wheel_find_links else "--index-url https://pypi.org/simple"
+        f"--no-index --find-links {q(settings.wheel_find_links)}" if settings.wheel_find_links else "--index-url https://pypi.org/simple"
     )
     # uv's cache on the install disk (not /tmp, often a small tmpfs); venv files are hardlinks
     # into it, so removing the cache afterwards costs nothing and leaves no second copy behind
-    uv_env = f"UV_CACHE_DIR={settings.install_dir}/.uv-cache"
+    cache = q(f"{settings.install_dir}/.uv-cache")
+    uv_env = f"UV_CACHE_DIR={cache}"
     return (
-        f"set -e; rm -rf {venv}; "
-        f"{uv_env} {uv} venv --quiet --python /usr/bin/python3 {venv} && "
-        f"{uv_env} {uv} pip sync --quiet --python {venv}/bin/python {source} {lock} && "
-        f"rm -rf {settings.install_dir}/.uv-cache"
+        f"set -e; rm -rf -- {q(venv)}; "
+        f"{uv_env} {q(uv)} venv --quiet --python /usr/bin/python3 {q(venv)} && "
+        f"{uv_env} {q(uv)} pip sync --quiet --python {q(venv + '/bin/python')} {source} {q(lock)} && "
+        f"rm -rf -- {cache}"
     )
+
+
+def gpu_check_command(venv: str, bin_dir: str, gpus: list[str]) -> str:
+    """Shell running the GPU check of a new CUDA release (quoted words)."""
+    q = shlex.quote
+    return (f"CUDA_VISIBLE_DEVICES={q(','.join(gpus))} {q(venv + '/bin/python')} {q(bin_dir + '/mineru-fleet-gpucheck')}"
+            f" --expect-gpus {len(gpus)} --expect-nccl {q(CUDA_NCCL)}")
+
+
+def release_steps(plan: Plan, settings: Settings, rel: str) -> str:
+    """The whole shell of a release install: build the venv, check the GPUs (CUDA), import vllm, mark it complete."""
+    q = shlex.quote
+    p = paths(settings)
+    venv = f"{rel}/venv"
+    steps = install_command(venv, f"{rel}/lock.txt", f"{p['bin_dir']}/uv", settings)
+    if plan.profile == "cuda":
+        gpus = sorted({i for s in plan.servers for i in (s.cuda_visible_devices or "").split(",") if i})
+        steps += " && " + gpu_check_command(venv, p["bin_dir"], gpus)
+    steps += f" && {q(venv + '/bin/python')} -c 'import vllm' && touch {q(venv + '/' + COMPLETE)}"
+    return steps
 
 
 @deploy("Runtime")
@@ -79,14 +105,7 @@ def runtime(plan: Plan, settings: Settings) -> list:
 
     changes = []
     if not host.get_fact(File, path=f"{venv}/{COMPLETE}"):
-        steps = install_command(venv, f"{rel}/lock.txt", f"{p['bin_dir']}/uv", settings)
-        if plan.profile == "cuda":
-            gpus = sorted({i for s in plan.servers for i in (s.cuda_visible_devices or "").split(",") if i})
-            steps += (
-                f" && CUDA_VISIBLE_DEVICES={','.join(gpus)} {venv}/bin/python {p['bin_dir']}/mineru-fleet-gpucheck"
-                f" --expect-gpus {len(gpus)} --expect-nccl {CUDA_NCCL}"
-            )
-        steps += f" && {venv}/bin/python -c 'import vllm' && touch {venv}/{COMPLETE}"
+        steps = release_steps(plan, settings, rel)
         changes.append(server.shell(name=f"Install release {rid} ({plan.profile})", commands=[steps]))
 
     link = files.link(name=f"Current release -> {rid}", path=p["current"], target=rel, force=True, force_backup=False)

@@ -7,6 +7,8 @@ service role (re)started something, so an unchanged host stays unchanged.
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra.api import deploy
 from pyinfra.operations import server
 from pyinfra.operations.util import any_changed
@@ -20,12 +22,14 @@ READY_TIMEOUT_S = 600
 
 def gate_command(name: str, port: int, settings: Settings) -> str:
     """Shell for one server's readiness gate (exit 1 and print the journal when not ready)."""
+    q = shlex.quote
     p = paths(settings)
-    unit = f"mineru-vllm@{name}.service"
+    unit = q(f"mineru-vllm@{name}.service")
     return (
         f"systemctl is-active --quiet {unit} && "
-        f"{p['current']}/venv/bin/python {p['bin_dir']}/mineru-fleet-ready --url http://127.0.0.1:{port} --chat --timeout {READY_TIMEOUT_S}"
-        f" || {{ echo '{unit} is not ready; its journal:'; systemctl status --no-pager {unit} | head -5; "
+        f"{q(p['current'] + '/venv/bin/python')} {q(p['bin_dir'] + '/mineru-fleet-ready')}"
+        f" --url {q(f'http://127.0.0.1:{int(port)}')} --chat --timeout {READY_TIMEOUT_S}"
+        f" || {{ echo {q(f'mineru-vllm@{name}.service is not ready; its journal:')}; systemctl status --no-pager {unit} | head -5; "
         f"journalctl -u {unit} -n 40 --no-pager; exit 1; }}"
     )
 

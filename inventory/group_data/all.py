@@ -78,6 +78,9 @@ unknown `mineru_*` key stops the deploy with the closest known name.
 # File (mode 0600, on the controller) with the ModelScope token for private models; else MODELSCOPE_API_TOKEN from the controller's environment. Never put the token itself in inventory data.
 # mineru_modelscope_token_file = None
 
+# Host mode: keep the token on the hosts (/etc/mineru-fleet/private/modelscope-token, 0600) after the download; default: removed right after it.
+# mineru_modelscope_keep_token_file = False
+
 # Controller cache: <dir>/<model_id>/<revision> (controller mode).
 # mineru_model_cache_dir = '~/.cache/mineru-fleet/models'
 

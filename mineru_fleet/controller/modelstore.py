@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mineru_fleet.paths import ONHOST, REPO
-from mineru_fleet.onhost.modelfetch import MANIFEST, MARKER, sha256_file
+from mineru_fleet.onhost.modelfetch import MANIFEST, MARKER, FetchError, check_manifest, sha256_file
 from mineru_fleet.core.planner import Finding
 from mineru_fleet.core.settings import Settings
 
@@ -178,9 +178,12 @@ def ca_path(settings: Settings) -> str | None:
     return str(p if p.is_absolute() else REPO / p)
 
 
-def redact(text: str) -> str:
-    tok = os.environ.get("MODELSCOPE_API_TOKEN")
-    return text.replace(tok, "***") if tok else text
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` with the controller's token (MODELSCOPE_API_TOKEN, and any token given) replaced by ***."""
+    for tok in (os.environ.get("MODELSCOPE_API_TOKEN"), *secrets):
+        if tok and tok.strip():
+            text = text.replace(tok.strip(), "***")
+    return text
 
 
 def local_manifest(folder: Path, settings: Settings) -> dict:
@@ -212,12 +215,18 @@ def _client(settings: Settings, args: list[str]) -> dict:
         cmd += ["--allow", p]
     for p in settings.model_ignore_patterns:
         cmd += ["--ignore", p]
+    file_token = None
     if settings.modelscope_token_file:
-        cmd += ["--token-file", token_file_ok(str(Path(settings.modelscope_token_file).expanduser()))]
+        token_file = token_file_ok(str(Path(settings.modelscope_token_file).expanduser()))
+        cmd += ["--token-file", token_file]
+        try:
+            file_token = Path(token_file).read_text()
+        except OSError as e:
+            raise ModelStoreError(f"mineru_modelscope_token_file={token_file}: {e.strerror}") from None
     r = subprocess.run(cmd, env=fetch_env(settings, settings.modelscope_domain), capture_output=True, text=True)
     if r.returncode != 0:
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] or r.stderr.strip().splitlines()[-3:]
-        raise ModelStoreError(redact("; ".join(lines)))
+        raise ModelStoreError(redact("; ".join(lines), file_token))
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -271,14 +280,23 @@ def prepare(settings: Settings, fetch: bool = False) -> Prepared:
     (``folder``), else ``folder`` is None and the model role fetches it when the run executes
     (``fetch_to_cache``). ``fetch=True`` downloads into the controller cache now (controller mode).
     """
-    return _prepare(_key(settings), fetch)
+    return _checked(settings, fetch)
+
+
+def _checked(settings: Settings, fetch: bool) -> Prepared:
+    prepared = _prepare(_key(settings), fetch)
+    try:  # every path the hub listed stays inside the model folder (rsync/put destinations, the host's verify)
+        check_manifest(prepared.manifest)
+    except FetchError as e:
+        raise ModelStoreError(f"the hub's file list for {settings.model_id}@{settings.model_revision} is unusable: {e}") from None
+    return prepared
 
 
 def fetch_to_cache(settings: Settings) -> Prepared:
     """Download the revision into the controller cache (resumable, verified); once per process.
 
     The model role calls it through ``python.call`` at execute time, so ``pyinfra --dry`` never fetches."""
-    return _prepare(_key(settings), True)
+    return _checked(settings, True)
 
 
 def source_folder(settings: Settings) -> Path:

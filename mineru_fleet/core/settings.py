@@ -160,6 +160,10 @@ class Settings(BaseModel):
         None, description="File (mode 0600, on the controller) with the ModelScope token for private models; "
         "else MODELSCOPE_API_TOKEN from the controller's environment. Never put the token itself in inventory data.",
     )
+    modelscope_keep_token_file: bool = Field(
+        False, description="Host mode: keep the token on the hosts (/etc/mineru-fleet/private/modelscope-token, 0600) after the "
+        "download; default: removed right after it.",
+    )
     model_cache_dir: str = Field(
         "~/.cache/mineru-fleet/models", description="Controller cache: <dir>/<model_id>/<revision> (controller mode)."
     )

@@ -43,6 +43,10 @@ class FetchError(RuntimeError):
     pass
 
 
+class BadInput(FetchError):
+    """Unusable arguments or manifest (exit 2, like argparse), as opposed to a hub or download failure (exit 3)."""
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -66,9 +70,39 @@ def select(files: list[dict], allow: list[str] | None, ignore: list[str] | None)
     return sorted(out, key=lambda e: e["path"])
 
 
+def safe_relpath(path: object) -> str:
+    """``path`` if it names a file inside a folder (relative, normalised, no ``..``, no control characters); else FetchError.
+
+    Manifest paths come from the hub (or a file on the host): a path like ``../x`` or ``/etc/x``
+    must never be read, written or "verified" outside the model folder."""
+    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path:
+        raise BadInput(f"manifest path {str(path)[:80]!r} is not a relative path inside the model folder")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise BadInput(f"manifest path {path[:80]!r} contains a control character")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise BadInput(f"manifest path {path[:80]!r} leaves the model folder or is not normalised (., .., //)")
+    return path
+
+
+def check_manifest(manifest: object) -> dict:
+    """The manifest if its shape is ours (files: [{path, size, sha256}], every path inside the folder); else FetchError."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        raise BadInput("the manifest is not a JSON object with a 'files' list (re-run the deploy to write it again)")
+    for e in manifest["files"]:
+        if not isinstance(e, dict) or not isinstance(e.get("size"), int) or e["size"] < 0:
+            raise BadInput(f"manifest entry {str(e)[:80]!r} has no path/size")
+        safe_relpath(e.get("path"))
+        sha = e.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            raise BadInput(f"manifest entry {e['path'][:80]!r}: sha256 is not 64 hex digits")
+    return manifest
+
+
 def verify(folder: Path, manifest: dict) -> list[str]:
     """Problems of ``folder`` against ``manifest`` (missing file, wrong size, wrong SHA-256); [] when it matches."""
     problems = []
+    check_manifest(manifest)
     for e in manifest["files"]:
         p = folder / e["path"]
         if not p.is_file():
@@ -85,7 +119,7 @@ def read_token(token_file: str | None) -> str | None:
     if token_file:
         st = os.stat(token_file)
         if stat.S_IMODE(st.st_mode) & 0o077:
-            raise FetchError(f"token file {token_file} is readable by others (mode {oct(stat.S_IMODE(st.st_mode))}): chmod 600")
+            raise BadInput(f"token file {token_file} is readable by others (mode {oct(stat.S_IMODE(st.st_mode))}): chmod 600")
         return Path(token_file).read_text().strip() or None
     return os.environ.get("MODELSCOPE_API_TOKEN") or None
 
@@ -196,7 +230,14 @@ def _stat_signature(folder: Path, manifest: dict) -> list | None:
 
 def install(manifest_path: Path, staging: Path, final: Path, keep: int = 2) -> dict:
     """Verify ``staging`` and rename it to ``final`` (atomic for a new revision); prune old revisions."""
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as e:
+        raise BadInput(f"manifest {manifest_path}: cannot be read as JSON ({type(e).__name__}): re-run the deploy") from None
+    if staging.resolve() == final.resolve() or not staging.is_dir():
+        raise BadInput(f"--staging {staging} must be an existing folder other than --final {final}")
+    if keep < 1:
+        raise BadInput(f"--keep {keep}: keep at least 1 revision (the one installed)")
     problems = verify(staging, manifest)
     if problems:
         raise FetchError(f"{staging}: not installed, {len(problems)} problem(s): " + "; ".join(problems[:5]))
@@ -247,6 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--final", required=True)
     s.add_argument("--keep", type=int, default=2)
     a = ap.parse_args(argv)
+    # SIGTERM/SIGHUP (systemd stop, a killed deploy) unwind like Ctrl-C: the private credentials
+    # folder of _Session is removed by its __exit__ instead of being left behind
+    import signal
+
+    def _stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
     try:
         if a.cmd == "install":
             out = install(Path(a.manifest), Path(a.staging), Path(a.final), a.keep)
@@ -257,8 +307,14 @@ def main(argv: list[str] | None = None) -> int:
                     out = resolve(a.model_id, a.revision, a.allow, a.ignore, sess.jar)
                 else:
                     out = fetch(a.model_id, a.revision, Path(a.local_dir), a.allow, a.ignore, sess.jar)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except FetchError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 3
+    except OSError as e:  # a token file or folder that cannot be read or written: say which, no traceback
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 3
     print(json.dumps(out))
     return 0

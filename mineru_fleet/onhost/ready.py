@@ -21,10 +21,26 @@ import urllib.error
 import urllib.request
 
 
+class ArgsError(ValueError):
+    """MINERU_VLLM_ARGS cannot be read (unbalanced quotes, a --port that is no port)."""
+
+
 def url_from_env(env: dict[str, str] | None = None) -> str:
-    """http://127.0.0.1:PORT from the ``--port`` in MINERU_VLLM_ARGS (30000 when absent)."""
-    args = shlex.split((env or os.environ).get("MINERU_VLLM_ARGS", ""))
-    port = args[args.index("--port") + 1] if "--port" in args else "30000"
+    """http://127.0.0.1:PORT from the ``--port`` in MINERU_VLLM_ARGS (30000 when absent).
+
+    The variable is written by the deploy with ``shlex.join`` (units.vllm_args), so ``shlex.split``
+    gives back one value per argument; anything it cannot read is an ArgsError, never a traceback."""
+    raw = (env or os.environ).get("MINERU_VLLM_ARGS", "")
+    try:
+        args = shlex.split(raw)
+    except ValueError as e:
+        raise ArgsError(f"MINERU_VLLM_ARGS cannot be split into arguments ({e}): redeploy to rewrite the env file") from None
+    port = "30000"
+    if "--port" in args:
+        i = args.index("--port")
+        port = args[i + 1] if i + 1 < len(args) else ""
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ArgsError(f"MINERU_VLLM_ARGS has --port {port[:20]!r}, not a port number: redeploy to rewrite the env file")
     return f"http://127.0.0.1:{port}"
 
 
@@ -94,7 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chat", action="store_true", help="also require one chat completion")
     ap.add_argument("--pid", type=int, default=None, help="the server's main PID: fail at once when it exits ($MAINPID)")
     a = ap.parse_args(argv)
-    base = a.url or url_from_env()
+    try:
+        base = a.url or url_from_env()
+    except ArgsError as e:
+        print(f"NOT ready: {e}", file=sys.stderr, flush=True)
+        return 2
+    if not base.startswith(("http://", "https://")):
+        print(f"NOT ready: --url {base[:60]!r} is not an http(s) URL, e.g. http://127.0.0.1:30000", file=sys.stderr, flush=True)
+        return 2
     ok, msg, waited = wait_ready(base, a.timeout, a.chat, pid=a.pid)
     print(f"{'ready' if ok else 'NOT ready'} after {waited:.1f}s: {base}: {msg}", flush=True)
     return 0 if ok else 1

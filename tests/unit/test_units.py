@@ -20,7 +20,9 @@ def test_env_file_is_exactly_the_plan():
     p, _ = seed_plan()
     sv = p.servers[0]
     env = parse_env_file(render_env_file(sv, "seed"))
-    assert env.pop("MINERU_VLLM_ARGS").split() == sv.args
+    import shlex
+
+    assert shlex.split(env.pop("MINERU_VLLM_ARGS")) == sv.args
     assert env == sv.env
 
 
