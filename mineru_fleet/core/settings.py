@@ -72,10 +72,10 @@ def host_path_problem(v: str) -> str | None:
         return "must be an absolute path (starting with /)"
     if CONTROL.search(v) or any(c.isspace() for c in v):
         return "must not contain whitespace or control characters"
+    if posixpath.normpath(v) in ("/", "//"):
+        return "must not be / itself: give a folder of its own, e.g. /opt/mineru-fleet"
     if posixpath.normpath(v) != v or v.endswith("/"):
         return f"must be normalised (no //, /./, /../ or trailing /): write {posixpath.normpath(v)!r}"
-    if v == "/":
-        return "must not be / itself: give a folder of its own, e.g. /opt/mineru-fleet"
     if not HOST_PATH.fullmatch(v):
         return "may contain only letters, digits and . _ + @ - between the slashes (no quotes, $, %, ;, \\ or spaces)"
     return None
@@ -86,7 +86,7 @@ def host_port_problem(v: str) -> str | None:
     if "/" in v or any(c.isspace() for c in v) or CONTROL.search(v):
         return "is not HOST[:PORT]: no scheme (https is implied), path, spaces or control characters"
     host, port = v, None
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?", v)
+    m = re.fullmatch(r"\[([^\]]*)\](?::(\d{1,5}))?", v)
     if m:
         try:
             ipaddress.IPv6Address(m.group(1))
