@@ -42,6 +42,12 @@ unknown `mineru_*` key stops the deploy with the closest known name.
 # vLLM --host: address the API listens on.
 # mineru_host = '0.0.0.0'
 
+# Networks (CIDR) whose clients may reach the API, e.g. ['10.20.0.0/16']. Set (or mineru_balancers set): the unit gets IPAddressDeny=any plus IPAddressAllow= loopback, the host's own address, these and the balancers. Unset: open to any address (warning api-open).
+# mineru_client_networks = []
+
+# Load balancers (IP or CIDR) in front of the servers: allowed like mineru_client_networks.
+# mineru_balancers = []
+
 # vLLM --port of the first server; server i listens on port + i.
 # mineru_port = 30000
 

@@ -97,6 +97,7 @@ class Plan:
     model: ModelFacts
     model_dir: str
     rows: list[Row] = field(default_factory=list)  # host-wide decisions
+    ip_address_allow: list[str] | None = None  # the unit's IPAddressAllow= (with IPAddressDeny=any); None: open
 
     def to_json(self) -> dict:
         return {
@@ -104,6 +105,7 @@ class Plan:
             "profile": self.profile,
             "model_dir": self.model_dir,
             "servers": [s.to_json() for s in self.servers],
+            "ip_address_allow": self.ip_address_allow,
             "warnings": [asdict(w) for w in self.warnings],
         }
 
@@ -391,7 +393,42 @@ def plan(facts: HostFacts, settings: Settings, model: ModelFacts | None = None) 
     _check_common(facts, s, profile, model, servers, max_len, errors, warnings)
     if errors:
         raise PlanError(facts.host, errors)
-    return Plan(facts.host, profile, servers, warnings, model, model_dir, host_rows)
+    allow = _ip_address_allow(facts, s, servers, host_rows, warnings)
+    return Plan(facts.host, profile, servers, warnings, model, model_dir, host_rows, allow)
+
+
+def _ip_address_allow(facts: HostFacts, s: Settings, servers: list, rows: list[Row], warnings: list[Finding]) -> list[str] | None:
+    """Who may talk to the servers (systemd IPAddressAllow=, with IPAddressDeny=any): loopback, the host's
+    own addresses (vLLM's internal rendezvous on VLLM_HOST_IP), the balancers and the client networks.
+    The list applies to every IP packet of the unit (in and out): the servers need no other peer, the
+    model being local. None (open) when neither mineru_client_networks nor mineru_balancers is set."""
+    import ipaddress
+
+    loopback_only = s.host in ("127.0.0.1", "::1", "localhost")
+    if not s.client_networks and not s.balancers:
+        if not loopback_only:
+            warnings.append(Finding(
+                "api-open",
+                f"the API listens on {s.host} and accepts connections from any address (no mineru_client_networks or mineru_balancers).",
+                "set mineru_client_networks (and mineru_balancers) to the networks that must reach the servers; the unit then "
+                "gets IPAddressDeny=any with an allow-list",
+            ))
+        return None
+    own = []
+    for a in [facts.net.default_ipv4, *(sv.env.get("VLLM_HOST_IP") for sv in servers)]:
+        try:
+            net = str(ipaddress.ip_network(a, strict=False)) if a else None
+        except ValueError:
+            net = None
+        if net and net not in own:
+            own.append(net)
+    allow = ["localhost", *own]
+    for n in [*s.balancers, *s.client_networks]:
+        if n not in allow:
+            allow.append(n)
+    rows.append(Row("IPAddressAllow", " ".join(allow), "IPAddressDeny=any otherwise: loopback, this host, the balancers and "
+                    "mineru_client_networks (enforced by systemd on cgroup v2 hosts; not inside systemd-nspawn containers)"))
+    return allow
 
 
 def _check_common(facts, s, profile, model, servers, max_len, errors, warnings) -> None:

@@ -132,6 +132,14 @@ class Settings(BaseModel):
     )
     enforce_eager: bool = Field(False, description="vLLM --enforce-eager: skip CUDA graph capture (saves ~0.4 GiB, ~9 s).")
     host: str = Field("0.0.0.0", description="vLLM --host: address the API listens on.")
+    client_networks: list[str] = Field(
+        default_factory=list, description="Networks (CIDR) whose clients may reach the API, e.g. ['10.20.0.0/16']. Set (or "
+        "mineru_balancers set): the unit gets IPAddressDeny=any plus IPAddressAllow= loopback, the host's own address, these "
+        "and the balancers. Unset: open to any address (warning api-open).",
+    )
+    balancers: list[str] = Field(
+        default_factory=list, description="Load balancers (IP or CIDR) in front of the servers: allowed like mineru_client_networks."
+    )
     port: int = Field(30000, description="vLLM --port of the first server; server i listens on port + i.")
     served_model_name: str | None = Field(None, description="vLLM --served-model-name; unset: the model path.")
     cpu_kvcache_space_gib: int = Field(1, ge=1, le=1 << 14, description="VLLM_CPU_KVCACHE_SPACE on CPU hosts (GiB of KV cache).")
@@ -277,6 +285,17 @@ class Settings(BaseModel):
         if not DNS_NAME.fullmatch(v):
             raise ValueError("must be an IP address (e.g. 0.0.0.0, 127.0.0.1, ::) or a host name, nothing else")
         return v
+
+    @field_validator("client_networks", "balancers")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        out = []
+        for n in v:
+            try:
+                out.append(str(ipaddress.ip_network(n, strict=False)))
+            except (ValueError, TypeError):
+                raise ValueError(f"{str(n)[:60]!r} is not an IP address or network, e.g. '10.20.0.0/16' or '192.0.2.10'") from None
+        return out
 
     @field_validator("modelscope_domain", "modelscope_host_domain")
     @classmethod

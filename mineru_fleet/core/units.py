@@ -107,7 +107,8 @@ def paths(settings: Settings) -> dict[str, str]:
 
 def render_unit(plan: Plan, settings: Settings) -> str:
     return _env().get_template(f"{UNIT_NAME}.j2").render(
-        profile=plan.profile, user=settings.service_user, start_timeout=START_TIMEOUT_S, **paths(settings)
+        profile=plan.profile, user=settings.service_user, start_timeout=START_TIMEOUT_S,
+        ip_address_allow=plan.ip_address_allow, **paths(settings)
     )
 
 

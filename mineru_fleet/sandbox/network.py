@@ -21,6 +21,8 @@ def host_data(config: SandboxConfig, host: SandboxHost) -> dict:
         "ssh_strict_host_key_checking": "no",
         "controller_ip": host.controller_ip,
         "mineru_wheel_find_links": f"{host.file_server_url}wheels/cpu/",
+        # only the controller (tests, clients) may reach the API: rendered as IPAddressAllow (not enforced in nspawn)
+        "mineru_client_networks": [host.controller_ip],
         "sandbox_name": host.name,
     }
 

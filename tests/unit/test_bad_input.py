@@ -170,6 +170,10 @@ INVENTORY_CASES = [
     ("model_free_space_margin_mib", "-1", ["mineru_model_free_space_margin_mib", "greater than or equal to 0"]),
     ("vllm_use_v1", "maybe", ["mineru_vllm_use_v1", "boolean"]),
     ("enforce_eager", "maybe", ["mineru_enforce_eager", "boolean"]),
+    # network exposure
+    ("client_networks", J(["10.0.0.0/33"]), ["mineru_client_networks", "e.g. '10.20.0.0/16'"]),
+    ("client_networks", J(["any; rm"]), ["mineru_client_networks", "not an IP address or network"]),
+    ("balancers", J(["lb.example"]), ["mineru_balancers", "not an IP address or network"]),
     # controller paths
     ("modelscope_ca_bundle", J("ca\n.pem"), ["mineru_modelscope_ca_bundle", "control characters"]),
     ("model_cache_dir", J("  "), ["mineru_model_cache_dir", "without control characters"]),

@@ -82,3 +82,16 @@ def test_ready_gives_up_when_the_server_process_is_gone():
     p.wait()
     ok, msg, waited = wait_ready("http://127.0.0.1:9", timeout=60, chat=False, interval=0.1, pid=p.pid)
     assert not ok and "exited" in msg and waited < 10
+
+
+def test_network_allow_list_in_the_unit_only_when_asked():
+    p, s = seed_plan()
+    assert p.ip_address_allow is None and "IPAddressDeny" not in render_unit(p, s)
+    assert "api-open" in {w.code for w in p.warnings}
+    p, s = seed_plan(mineru_client_networks=["10.20.0.0/16"], mineru_balancers=["192.0.2.10"])
+    unit = render_unit(p, s)
+    assert "IPAddressDeny=any" in unit
+    assert "IPAddressAllow=localhost 192.168.1.23/32 192.0.2.10/32 10.20.0.0/16" in unit
+    assert "api-open" not in {w.code for w in p.warnings}
+    p, s = seed_plan(mineru_host="127.0.0.1")
+    assert "api-open" not in {w.code for w in p.warnings}
