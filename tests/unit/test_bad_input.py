@@ -639,3 +639,33 @@ def test_deploy_refuses_before_any_operation(data, needle):
     text = r.stdout + r.stderr
     assert r.returncode != 0 and needle in text and "Traceback" not in text, text[-3000:]
     assert "Beginning operation run" not in text and "Starting operation" not in text, "an operation ran"
+
+
+def test_sigterm_during_a_fetch_removes_the_credentials_folder(tmp_path):
+    """A deploy killed mid-download (SIGTERM) leaves no cookie file with the token behind."""
+    import os
+    import signal
+    import socket
+    import time
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)  # accepts, never answers: the client hangs in its first request
+    env = {**os.environ, "TMPDIR": str(tmp_path), "MODELSCOPE_API_TOKEN": SECRET,
+           "MODELSCOPE_DOMAIN": f"127.0.0.1:{srv.getsockname()[1]}"}
+    p = subprocess.Popen([sys.executable, str(FETCH), "resolve", "--model-id", "a/b", "--revision", "v1"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("ms-cred-*")) and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.1)
+        assert list(tmp_path.glob("ms-cred-*")), "the credentials folder was never made"
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+        srv.close()
+    assert p.returncode == 128 + signal.SIGTERM
+    assert not list(tmp_path.glob("ms-cred-*")), "cookie file left behind"
+    assert SECRET not in out + err and "Traceback" not in err
