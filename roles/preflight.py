@@ -63,7 +63,7 @@ def preflight(show: bool = True) -> Plan:
     settings = host_settings()
     if show:
         for w in inventory_warnings(host.data.dict()):
-            print(f"{host.name}: warning: {w}", flush=True)
+            logger.warning(f"{host.name}: warning: {w}")
     prepared = resolve_model(settings)
     files = host.get_fact(PreflightFiles, paths=host_paths(host.data.dict()), user=settings.service_user)
     try:
