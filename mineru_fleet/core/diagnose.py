@@ -950,7 +950,7 @@ def _tensor_parallel_small_model(d: Diagnosis, lines: list[LogLine], found: _Fou
         v0 = ", and TP with V0 can hang (MinerU issue 4416)" if d.engine == "V0" else ""
         found.add("tensor-parallel-small-model", "warning",
                   f"tensor_parallel_size={d.tensor_parallel_size} for a {size:g}B model: one GPU holds it and TP does not raise "
-                  f"throughput{v0}.", _evidence(src), "unset tensor_parallel_size: one server per GPU", False)
+                  f"throughput{v0}.", _evidence(src), "unset mineru_tensor_parallel_size: one server per GPU", False)
         if src:
             found.explained.discard(src.n)
 
@@ -960,7 +960,7 @@ def _logits_processor_off(d: Diagnosis, lines: list[LogLine], found: _Found) -> 
         src = _first(lines, R_MINERU_V0_LOGITS) or _first(lines, R_ENGINE)
         found.add("logits-processor-off", "warning",
                   "V0 engine (VLLM_USE_V1=0): mineru-vllm-server adds MinerU's no-repeat logits processor only on V1, so it is off.",
-                  _evidence(src), "set vllm_use_v1: true (the plan then drops VLLM_ATTENTION_BACKEND=XFORMERS)", False)
+                  _evidence(src), "set mineru_vllm_use_v1: true (the plan then drops VLLM_ATTENTION_BACKEND=XFORMERS)", False)
         if src:
             found.explained.discard(src.n)
 
@@ -968,7 +968,7 @@ def _logits_processor_off(d: Diagnosis, lines: list[LogLine], found: _Found) -> 
 def _xformers_backend(d: Diagnosis, lines: list[LogLine], found: _Found) -> None:
     if d.attention_backend == "XFormers":
         found.add("xformers-backend", "info", "XFormers attention: expected below compute capability 8.0 (FlashAttention-2 needs sm_80).",
-                  _evidence(_first(lines, R_ATTENTION)), "none needed on Turing; on sm_80+ unset extra_env VLLM_ATTENTION_BACKEND", False)
+                  _evidence(_first(lines, R_ATTENTION)), "none needed on Turing; on sm_80+ unset mineru_extra_env VLLM_ATTENTION_BACKEND", False)
 
 
 def _cuda_graph_capture(d: Diagnosis, lines: list[LogLine], found: _Found) -> None:
@@ -976,7 +976,7 @@ def _cuda_graph_capture(d: Diagnosis, lines: list[LogLine], found: _Found) -> No
         found.add("cuda-graph-capture", "info",
                   f"CUDA graph capture took {d.cuda_graph_s:g} s and {d.cuda_graph_gib} GiB per GPU, outside the gpu_memory_utilization budget.",
                   _evidence(_first(lines, R_GRAPHS)),
-                  "set enforce_eager: true to skip it (saves that memory and time at start; decoding gets slower)", False)
+                  "set mineru_enforce_eager: true to skip it (saves that memory and time at start; decoding gets slower)", False)
 
 
 def _shutdown_port_report(d: Diagnosis, lines: list[LogLine], found: _Found) -> None:
@@ -990,7 +990,7 @@ def _concurrency_below_one(d: Diagnosis, lines: list[LogLine], found: _Found) ->
     if d.max_concurrency is not None and d.max_concurrency < 1:
         found.add("concurrency-below-one", "error",
                   f"the KV cache holds {d.max_concurrency}x full sequences: not even one request of max_model_len.",
-                  _evidence(_first(lines, R_CONCURRENCY)), "raise gpu_memory_utilization, set kv_cache_memory_bytes, or lower max_model_len",
+                  _evidence(_first(lines, R_CONCURRENCY)), "raise mineru_gpu_memory_utilization, set mineru_kv_cache_memory_bytes, or lower mineru_max_model_len",
                   True)
 
 
@@ -999,8 +999,8 @@ def _startup_unfinished(d: Diagnosis, lines: list[LogLine], found: _Found) -> No
     last = lines[-1]
     if d.state == "hang":
         f = found.add("startup-hang", "error", f"the start hangs: it waited for {d.waiting_for}. Last line {last.n}: {last.msg[:120]!r}", [],
-                      "with tensor_parallel_size > 1: check P2P (nvidia-smi topo -p2p r), try extra_env {NCCL_P2P_DISABLE: '1'} and "
-                      "extra_args ['--disable-custom-all-reduce'], or run one server per GPU; NCCL_DEBUG=INFO shows where NCCL stops", False)
+                      "with mineru_tensor_parallel_size > 1: check P2P (nvidia-smi topo -p2p r), try mineru_extra_env {NCCL_P2P_DISABLE: '1'} and "
+                      "mineru_extra_args ['--disable-custom-all-reduce'], or run one server per GPU; NCCL_DEBUG=INFO shows where NCCL stops", False)
     elif not d.complete:
         f = found.add("startup-incomplete", "error",
                       "the log ends before the server was ready and shows no error: truncated (or still starting). "
@@ -1016,62 +1016,62 @@ FINDING_RULES: tuple[Rule | Callable[[Diagnosis, list[LogLine], _Found], None], 
     # --- failures first -----------------------------------------------------------------------
     Rule("dtype-bfloat16-unsupported", "error", R_BF16_ERROR,
          lambda d, x: f"--dtype bfloat16 on a GPU without bfloat16 ({x[1]} {x[2]}): vLLM refuses to start.",
-         "set dtype: auto (the plan picks float16 below compute capability 8.0) or dtype: float16", True),
+         "set mineru_dtype: auto (the plan picks float16 below compute capability 8.0) or mineru_dtype: float16", True),
     Rule("cpu-v0-rejected", "error", R_CPU_V1_ONLY,
          "the V0 engine on a CPU host (VLLM_USE_V1=0, or vLLM fell back to V0 for this model): vLLM's CPU backend only supports V1.",
-         "leave vllm_use_v1 alone on CPU hosts (the plan sets VLLM_USE_V1=1 for profile cpu)", True),
+         "leave mineru_vllm_use_v1 alone on CPU hosts (the plan sets VLLM_USE_V1=1 for profile cpu)", True),
     Rule("no-memory-for-kv-cache", "error", R_NO_KV_MEM,
          "no memory left for the KV cache after weights, activations and non-torch memory.",
-         "raise gpu_memory_utilization, or set kv_cache_memory_bytes, or lower max_model_len", True),
+         "raise mineru_gpu_memory_utilization, or set mineru_kv_cache_memory_bytes, or lower mineru_max_model_len", True),
     Rule("kv-cache-too-small", "error", R_KV_TOO_SMALL,
          lambda d, x: (f"one sequence of max_model_len {x[1]} needs {x[2]} GiB of KV cache, only {x[3]} GiB is available"
                        f"{'; vLLM estimates max_model_len ' + x[4] + ' fits' if x[4] else ''}."),
-         lambda d, x: (f"raise gpu_memory_utilization, or set kv_cache_memory_bytes: {int(math.ceil(float(x[2]) * 1.1 * GIB))}, "
-                       f"or lower max_model_len{' to ' + x[4] if x[4] else ''}"), True),
+         lambda d, x: (f"raise mineru_gpu_memory_utilization, or set mineru_kv_cache_memory_bytes: {int(math.ceil(float(x[2]) * 1.1 * GIB))}, "
+                       f"or lower mineru_max_model_len{' to ' + x[4] if x[4] else ''}"), True),
     Rule("kv-cache-too-small", "error", R_V0_KV_TOO_SMALL,
          lambda d, x: f"max_model_len {x[1]} is larger than the {x[2]} tokens the KV cache holds.",
-         lambda d, x: f"raise gpu_memory_utilization, or set kv_cache_memory_bytes, or lower max_model_len to {x[2]} or less", True),
+         lambda d, x: f"raise mineru_gpu_memory_utilization, or set mineru_kv_cache_memory_bytes, or lower mineru_max_model_len to {x[2]} or less", True),
     Rule("gpu-memory-in-use", "error", R_FREE_MEM,
          lambda d, x: (f"only {x[1]} of {x[2]} GiB free at start, less than the budget ({x[3]} x total = {x[4]} GiB): "
                        "something else uses the GPU."),
-         "stop what uses the GPU, or lower gpu_memory_utilization", True),
+         "stop what uses the GPU, or lower mineru_gpu_memory_utilization", True),
     Rule("cuda-out-of-memory", "error", R_CUDA_OOM, _oom,
-         "lower gpu_memory_utilization or max_model_len, or set enforce_eager: true (CUDA graphs take memory outside the budget)", True),
+         "lower mineru_gpu_memory_utilization or mineru_max_model_len, or set mineru_enforce_eager: true (CUDA graphs take memory outside the budget)", True),
     Rule("ipex-executable-stack", "error", R_EXECSTACK, "glibc refused IPEX's executable-stack library (glibc >= 2.41).",
-         "the plan sets GLIBC_TUNABLES=glibc.rtld.execstack=2 on CPU hosts; else extra_env: {GLIBC_TUNABLES: glibc.rtld.execstack=2}", True),
+         "the plan sets GLIBC_TUNABLES=glibc.rtld.execstack=2 on CPU hosts; else mineru_extra_env: {GLIBC_TUNABLES: glibc.rtld.execstack=2}", True),
     Rule("address-family-blocked", "error", R_AF_NETLINK, "a socket family is blocked (Gloo lists interfaces over AF_NETLINK).",
          "keep AF_NETLINK in the unit's RestrictAddressFamilies (our unit template does)", False),
     # --- dtype --------------------------------------------------------------------------------
     Rule("dtype-fallback", "warning", R_DTYPE_FALLBACK,
          lambda d, x: f"--dtype auto on {x[1]}: no {x[2]}, vLLM fell back to {x[3]}. Say it explicitly so every server runs the same dtype.",
-         "set dtype: auto in our inventory: the plan passes --dtype float16 below compute capability 8.0", True),
+         "set mineru_dtype: auto in our inventory: the plan passes --dtype float16 below compute capability 8.0", True),
     Rule("dtype-cast", "info", R_DTYPE_CAST, _dtype_cast,
-         lambda d, x: ("none needed if that is what you meant; dtype: auto keeps the checkpoint's dtype where the GPU supports it"
+         lambda d, x: ("none needed if that is what you meant; mineru_dtype: auto keeps the checkpoint's dtype where the GPU supports it"
                        if _dtype_asked(d) else
-                       "none needed (float16 is the only choice below compute capability 8.0); dtype: float32 doubles memory"), False),
+                       "none needed (float16 is the only choice below compute capability 8.0); mineru_dtype: float32 doubles memory"), False),
     # --- multimodal vs sequence length ---------------------------------------------------------
     Rule("mm-worst-case-exceeds-max-model-len", "warning", R_MM_WORST, _mm_worst_case,
-         lambda d, x: f"set max_model_len: {_round_len(d.mm_worst_case_tokens or 0)} (>= {d.mm_worst_case_tokens or 0})", True),
+         lambda d, x: f"set mineru_max_model_len: {_round_len(d.mm_worst_case_tokens or 0)} (>= {d.mm_worst_case_tokens or 0})", True),
     Rule("profile-max-num-seqs-1", "info", R_MAX_SEQS_1,
          lambda d, x: (f"V0 memory profiling ran with max_num_seqs 1 ({x[1]} < 1): max_num_batched_tokens {x[3]} cannot hold one "
                        f"worst-case image ({x[4]} tokens). Only the profile is affected: the server still admits max_num_seqs {x[2]}."),
-         lambda d, x: f"set max_model_len: {_round_len(int(x[4]))} so the profile holds one worst-case image", True),
+         lambda d, x: f"set mineru_max_model_len: {_round_len(int(x[4]))} so the profile holds one worst-case image", True),
     # --- parallelism and communication ---------------------------------------------------------
     Rule("custom-allreduce-no-p2p", "warning", R_CUSTOM_AR,
          "custom all-reduce is disabled: the GPUs have no P2P access (consumer cards / PCIe without P2P); NCCL does the all-reduce.",
-         "unset tensor_parallel_size (one server per GPU, no all-reduce at all); with TP the plan passes "
+         "unset mineru_tensor_parallel_size (one server per GPU, no all-reduce at all); with TP the plan passes "
          "--disable-custom-all-reduce when nvidia-smi topo -p2p r shows no P2P", True,
          premise=lambda d, x: "P2P" in x[1]),
     Rule("custom-allreduce-disabled", "warning", R_CUSTOM_AR, lambda d, x: f"custom all-reduce is disabled: {x[1]}.",
-         "unset tensor_parallel_size (one server per GPU), or extra_args: ['--disable-custom-all-reduce'] to silence it", True,
+         "unset mineru_tensor_parallel_size (one server per GPU), or mineru_extra_args: ['--disable-custom-all-reduce'] to silence it", True,
          premise=lambda d, x: "P2P" not in x[1] and "missing custom allreduce library" not in x[1]),
     Rule("gloo-loopback", "warning", R_GLOO_LOOPBACK,
          "the hostname does not resolve to a usable address: Gloo fell back to the loopback interface (multi-node groups would fail; "
          "single-host TP works but by luck).",
-         "extra_env: {GLOO_SOCKET_IFNAME: <default-route iface>, VLLM_HOST_IP: <its IPv4>} (the plan sets both from the default route), "
+         "mineru_extra_env: {GLOO_SOCKET_IFNAME: <default-route iface>, VLLM_HOST_IP: <its IPv4>} (the plan sets both from the default route), "
          "and add the hostname to /etc/hosts", True),
     Rule("nccl-loopback", "warning", R_NCCL_LO, "NCCL bound its sockets to loopback.",
-         "extra_env: {NCCL_SOCKET_IFNAME: <default-route iface>} (the plan sets it on CUDA hosts)", True),
+         "mineru_extra_env: {NCCL_SOCKET_IFNAME: <default-route iface>} (the plan sets it on CUDA hosts)", True),
     Rule("c10d-reverse-lookup", "info", R_C10D_HOSTNAME,
          "torch's TCPStore could not resolve the peer's address to a name (getnameinfo failed): harmless, a slow or absent resolver.",
          "none needed; make the host resolve its own addresses (/etc/hosts) to silence it", False),

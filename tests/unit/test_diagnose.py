@@ -108,16 +108,16 @@ def test_gpu_every_warning_line_is_kept(gpu):
     "code, line_part, fix_part, preventable",
     [
         # every row of examples/hosts/seed-2x2080ti/README.md
-        ("dtype-fallback", "doesn't support torch.bfloat16", "dtype: auto", True),
+        ("dtype-fallback", "doesn't support torch.bfloat16", "mineru_dtype: auto", True),
         ("dtype-cast", "Casting torch.bfloat16 to torch.float16", "none needed", False),
         ("xformers-backend", "Using XFormers backend.", "", False),
-        ("custom-allreduce-no-p2p", "lacks GPU P2P capability", "unset tensor_parallel_size", True),
+        ("custom-allreduce-no-p2p", "lacks GPU P2P capability", "unset mineru_tensor_parallel_size", True),
         ("gloo-loopback", "Using the loopback address as fallback", "GLOO_SOCKET_IFNAME", True),
-        ("mm-worst-case-exceeds-max-model-len", "18225 tokens in total", "max_model_len: 18432", True),
-        ("profile-max-num-seqs-1", "min(256, 16384 // 18225)", "max_model_len: 18432", True),
-        ("cuda-graph-capture", "Graph capturing finished in 9 secs, took 0.38 GiB", "enforce_eager: true", False),
-        ("tensor-parallel-small-model", "tensor_parallel_size=2", "unset tensor_parallel_size", False),
-        ("logits-processor-off", "VLLM_USE_V1 is set to 0, disabling custom_logits_processors", "vllm_use_v1: true", False),
+        ("mm-worst-case-exceeds-max-model-len", "18225 tokens in total", "mineru_max_model_len: 18432", True),
+        ("profile-max-num-seqs-1", "min(256, 16384 // 18225)", "mineru_max_model_len: 18432", True),
+        ("cuda-graph-capture", "Graph capturing finished in 9 secs, took 0.38 GiB", "mineru_enforce_eager: true", False),
+        ("tensor-parallel-small-model", "tensor_parallel_size=2", "unset mineru_tensor_parallel_size", False),
+        ("logits-processor-off", "VLLM_USE_V1 is set to 0, disabling custom_logits_processors", "mineru_vllm_use_v1: true", False),
     ],
 )
 def test_gpu_findings(gpu, code, line_part, fix_part, preventable):
