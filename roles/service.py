@@ -2,18 +2,21 @@
 
 Restarts a server only when its environment file, the unit, the runtime release or the model
 changed; reloads systemd only when the unit file changed; stops and disables instances the plan
-no longer has.
+no longer has. A server that is not running (e.g. failed at its start limit after a crash loop) has
+its failed state cleared before it is started, so a good deploy recovers without a manual
+``systemctl reset-failed``.
 """
 
 from __future__ import annotations
 
 import io
+import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FindFiles
 from pyinfra.facts.systemd import SystemdStatus
-from pyinfra.operations import files, systemd
+from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from mineru_fleet.core.planner import Plan
@@ -54,6 +57,9 @@ def service(plan: Plan, settings: Settings, restart_triggers: list) -> list:
                     running=None, restarted=True, _if=any_changed(unit, env, *restart_triggers),
                 )
             )
+        else:  # after a crash loop the unit is "failed" at its start limit and refuses starts until reset-failed
+            server.shell(name=f"Clear server {sv.name}'s failed state (not running)",
+                         commands=[f"systemctl reset-failed {shlex.quote(instance(sv.name))} 2>/dev/null || true"])
         started.append(systemd.service(name=f"Server {sv.name} enabled and running", service=instance(sv.name), running=True, enabled=True))
 
     # instances the plan no longer has

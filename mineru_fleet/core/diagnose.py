@@ -390,6 +390,8 @@ R_CPU_V1_ONLY = re.compile(r"CPU backend only supports V1")
 R_EXECSTACK = re.compile(r"cannot enable executable stack")
 # Gloo without AF_NETLINK (RestrictAddressFamilies): "Address family not supported by protocol"
 R_AF_NETLINK = re.compile(r"Address family not supported by protocol")
+# argparse (vllm serve / mineru-vllm-server): "PROG: error: unrecognized arguments: --x" / "PROG: error: argument --x: invalid int value: 'y'"
+R_ARGPARSE = re.compile(r"^(?:[\w.-]+: )?error: (unrecognized arguments: .+|argument [^:]+: .+|the following arguments are required: .+)$")
 # systemd: "Starting mineru-vllm@0.service - ...", "mineru-vllm@0.service: Main process exited, code=exited, status=1/FAILURE", "Failed to start ..."
 R_SD_STARTING = re.compile(r"^Starting (\S+\.service)\b")
 R_SD_FAILED = re.compile(r"(?:Failed with result|Failed to start|Main process exited, code=(?:exited|killed|dumped), status=(?!0/))")
@@ -1039,6 +1041,9 @@ FINDING_RULES: tuple[Rule | Callable[[Diagnosis, list[LogLine], _Found], None], 
          "lower mineru_gpu_memory_utilization or mineru_max_model_len, or set mineru_enforce_eager: true (CUDA graphs take memory outside the budget)", True),
     Rule("ipex-executable-stack", "error", R_EXECSTACK, "glibc refused IPEX's executable-stack library (glibc >= 2.41).",
          "the plan sets GLIBC_TUNABLES=glibc.rtld.execstack=2 on CPU hosts; else mineru_extra_env: {GLIBC_TUNABLES: glibc.rtld.execstack=2}", True),
+    Rule("server-arguments-rejected", "error", R_ARGPARSE,
+         lambda d, x: f"the server's command line was rejected before it started: {x[1]}",
+         "remove or correct that argument (mineru_extra_args, or the inventory variable behind it) and deploy again", True),
     Rule("address-family-blocked", "error", R_AF_NETLINK, "a socket family is blocked (Gloo lists interfaces over AF_NETLINK).",
          "keep AF_NETLINK in the unit's RestrictAddressFamilies (our unit template does)", False),
     # --- dtype --------------------------------------------------------------------------------

@@ -1,18 +1,23 @@
 """Faults a fleet sees, on the deployed sandbox hosts (issue 10): each test asserts recovery and that
 nothing was lost, and records the recovery time in bench/results/faults.json (bench/README.md).
 
-So far: ``kill -9`` of a server (systemd restarts it; the readiness gate makes "active" mean "serves").
+So far: ``kill -9`` of a server (systemd restarts it; the readiness gate makes "active" mean "serves"), and a crash
+loop from a bad setting (systemd stops at the unit's start limit, ``diagnose --host`` names the cause, the next good
+deploy recovers without a manual ``systemctl reset-failed``).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from mineru_fleet.onhost.ready import check_once
+from mineru_fleet import sandbox
 from mineru_fleet.sandbox import quickstart
 
 pytestmark = pytest.mark.e2e
@@ -59,3 +64,43 @@ def test_kill_9_of_a_server_is_restarted_and_serves_again(ti, hosts, plans):
         _record("kill-9", {"host": hst.name, "ready_after_s": round(ready_at, 1), "restart_sec": 10,
                            "note": "SIGKILL of the main PID -> Restart=on-failure after RestartSec=10 -> start -> "
                                    "ExecStartPost readiness gate (chat completion) -> active"})
+
+
+BAD_FLAG = "--no-such-flag-crash-loop-test"
+
+
+def test_crash_loop_stops_at_the_start_limit_and_the_next_good_deploy_recovers(ti, hosts, plans):
+    hst = hosts[0]
+    h = ti[hst.ip]
+    base = f"http://{hst.ip}:{plans[hst.ip].servers[0].port}"
+    bad_inventory = quickstart.REPO / "inventory" / "sandbox_crashloop.py"  # group "sandbox": its group_data applies
+    data = {**sandbox.host_data(sandbox.default_config(), hst), "mineru_extra_args": [BAD_FLAG]}
+    bad_inventory.write_text(f"sandbox = [({hst.ip!r}, {data!r})]\n")
+    try:
+        t0 = time.monotonic()
+        assert quickstart.deploy(inventory=bad_inventory).returncode != 0, "a server that cannot start must fail the deploy"
+        state = {}
+        while time.monotonic() - t0 < 900:  # Restart=on-failure every 10 s until StartLimitBurst=3 within 1800 s
+            state = _show(h, "ActiveState", "Result", "NRestarts")
+            if state["ActiveState"] == "failed" and state["Result"] == "start-limit-hit":
+                break
+            time.sleep(2)
+        assert state.get("Result") == "start-limit-hit", state
+        stopped_after = time.monotonic() - t0
+        d = subprocess.run([sys.executable, "-m", "mineru_fleet.cli", "diagnose", "--host", str(bad_inventory), "--unit", UNIT],
+                           cwd=quickstart.REPO, capture_output=True, text=True, timeout=300)
+        assert "Traceback" not in d.stderr, d.stderr[-2000:]
+        assert BAD_FLAG in d.stdout, d.stdout[-3000:]  # the cause, named from the journal of the failed start
+    finally:
+        bad_inventory.unlink(missing_ok=True)
+    t1 = time.monotonic()
+    assert quickstart.deploy("--limit", hst.ip).returncode == 0, "the next good deploy must recover by itself"
+    recovered_after = time.monotonic() - t1
+    assert h.service(UNIT).is_running and h.service(UNIT).is_enabled
+    assert check_once(base, chat=True, timeout=10)[0]
+    assert BAD_FLAG not in h.check_output(f"cat /etc/mineru-fleet/{UNIT}.env")
+    _record("crash-loop", {"host": hst.name, "start_limit_hit_after_s": round(stopped_after, 1),
+                           "good_deploy_recovered_in_s": round(recovered_after, 1),
+                           "note": "bad extra arg -> vLLM exits at start -> Restart=on-failure (RestartSec=10) until "
+                                   "StartLimitBurst=3 -> failed (start-limit-hit); the next deploy clears the failed state "
+                                   "(reset-failed) and starts it"})

@@ -497,3 +497,18 @@ def test_crash_loop_journal_is_linear():
     assert d_big.starts == 4000 and d_big.failed
     assert d_big.scan_steps <= 2 * d_big.lines_total  # one pass (the old search re-scanned: quadratic in starts)
     assert d_big.scan_steps <= 11 * d_small.scan_steps
+
+
+def test_rejected_server_argument_is_named(tmp_path):
+    """A crash loop from a bad mineru_extra_args: argparse's error line is the cause, with the flag named."""
+    journal = "\n".join([
+        "2026-11-30T05:00:00+0000 mf1 systemd[1]: Starting mineru-vllm@0.service - MinerU vLLM server 0...",
+        "2026-11-30T05:00:09+0000 mf1 mineru-vllm-server[812]: INFO 11-30 05:00:09 [__init__.py:216] Automatically detected platform cpu.",
+        "2026-11-30T05:00:12+0000 mf1 mineru-vllm-server[812]: usage: mineru-vllm-server [-h] [--model MODEL]",
+        "2026-11-30T05:00:12+0000 mf1 mineru-vllm-server[812]: mineru-vllm-server: error: unrecognized arguments: --no-such-flag",
+        "2026-11-30T05:00:12+0000 mf1 systemd[1]: mineru-vllm@0.service: Main process exited, code=exited, status=2/INVALIDARGUMENT",
+    ]) + "\n"
+    d = dg.diagnose(journal)
+    (f,) = [f for f in d.findings if f.code == "server-arguments-rejected"]
+    assert f.severity == "error" and "unrecognized arguments: --no-such-flag" in f.message
+    assert "mineru_extra_args" in f.fix and f.evidence.line == 4
