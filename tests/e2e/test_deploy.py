@@ -178,3 +178,25 @@ def test_changing_one_variable_restarts_exactly_that_server(ti, hosts, tmp_path)
         changed_inv.unlink()
         run_deploy(quickstart.INVENTORY)  # back to the committed settings
     assert "--max-model-len 4096" in ti[first.ip].file(f"/etc/mineru-fleet/{UNIT}.env").content_string
+
+
+def test_shared_inventory_other_deploys_keys_pass_and_our_typo_is_refused(ti):
+    """One inventory for many deploys: another deploy's variables change nothing; a typo of ours stops the run
+    in preflight with the right suggestion, before any operation."""
+    text = quickstart.INVENTORY.read_text()
+    shared = quickstart.INVENTORY.with_name("sandbox_e2e_shared.py")
+    before = {ip: main_pid(h) for ip, h in ti.items()}
+    try:
+        shared.write_text(text + "\nsandbox = [(n, {**d, 'node_exporter_version': '1.8.2', 'etcd_version': 'v3.5.17'}) for n, d in sandbox]\n")
+        changed, total = summary(run_deploy(shared))
+        assert total > 0 and changed == 0
+        shared.write_text(text + "\nsandbox = [(n, {**d, 'mineru_tensor_paralel_size': 2}) for n, d in sandbox]\n")
+        r = subprocess.run([sys.executable, "-m", "pyinfra", str(shared), "deploy.py", "-y"], cwd=quickstart.REPO,
+                           capture_output=True, text=True, timeout=600)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0
+        assert "mineru_tensor_paralel_size" in out and "did you mean mineru_tensor_parallel_size" in out, out[-3000:]
+        assert "Beginning operation run" not in out  # stopped while preparing: no host touched
+    finally:
+        shared.unlink(missing_ok=True)
+    assert {ip: main_pid(h) for ip, h in ti.items()} == before
