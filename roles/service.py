@@ -2,9 +2,9 @@
 
 Restarts a server only when its environment file, the unit, the runtime release or the model
 changed; reloads systemd only when the unit file changed; stops and disables instances the plan
-no longer has. A server that is not running (e.g. failed at its start limit after a crash loop) has
-its failed state cleared before it is started, so a good deploy recovers without a manual
-``systemctl reset-failed``.
+no longer has. Before a restart or a start the server's failed state and start-limit counter are
+reset (``systemctl reset-failed``), so the unit's start limit counts crashes, not deploys, and a
+good deploy recovers a server that a crash loop stopped, without a manual ``systemctl reset-failed``.
 """
 
 from __future__ import annotations
@@ -50,16 +50,21 @@ def service(plan: Plan, settings: Settings, restart_triggers: list) -> list:
             name=f"Environment of server {sv.name}", src=io.StringIO(render_env_file(sv, host.name)), dest=env_file_path(sv),
             user="root", group="root", mode="600",
         )
+        # systemd counts every start against the unit's start limit (StartLimitBurst in StartLimitIntervalSec), a
+        # deploy's restarts included: reset-failed resets that counter, so the limit counts crashes only, and a
+        # server that failed at its limit (a crash loop) can be started again by the next good deploy
+        reset = f"systemctl reset-failed {shlex.quote(instance(sv.name))} 2>/dev/null || true"
+        triggers = any_changed(unit, env, *restart_triggers)
         if status.get(instance(sv.name)):  # a stopped server is started below, not restarted
+            server.shell(name=f"Reset server {sv.name}'s start limit (it restarts next)", commands=[reset], _if=triggers)
             started.append(
                 systemd.service(
                     name=f"Restart server {sv.name} (its unit, env, runtime or model changed)", service=instance(sv.name),
-                    running=None, restarted=True, _if=any_changed(unit, env, *restart_triggers),
+                    running=None, restarted=True, _if=triggers,
                 )
             )
-        else:  # after a crash loop the unit is "failed" at its start limit and refuses starts until reset-failed
-            server.shell(name=f"Clear server {sv.name}'s failed state (not running)",
-                         commands=[f"systemctl reset-failed {shlex.quote(instance(sv.name))} 2>/dev/null || true"])
+        else:
+            server.shell(name=f"Clear server {sv.name}'s failed state and start limit (not running)", commands=[reset])
         started.append(systemd.service(name=f"Server {sv.name} enabled and running", service=instance(sv.name), running=True, enabled=True))
 
     # instances the plan no longer has

@@ -19,6 +19,7 @@ import pytest
 from mineru_fleet.onhost.ready import check_once
 from mineru_fleet import sandbox
 from mineru_fleet.sandbox import quickstart
+from mineru_fleet.sandbox.network import close_control_masters
 
 pytestmark = pytest.mark.e2e
 UNIT = "mineru-vllm@0"
@@ -104,3 +105,48 @@ def test_crash_loop_stops_at_the_start_limit_and_the_next_good_deploy_recovers(t
                            "note": "bad extra arg -> vLLM exits at start -> Restart=on-failure (RestartSec=10) until "
                                    "StartLimitBurst=3 -> failed (start-limit-hit); the next deploy clears the failed state "
                                    "(reset-failed) and starts it"})
+
+
+def test_rebooted_host_comes_back_serving_with_its_release_and_model(hosts, plans):
+    """``systemctl reboot`` inside a sandbox host (nspawn exits 133, its supervisor boots it again): the server
+    is back enabled, active and ready, on the same release and the same model bytes, with no deploy."""
+    hst = hosts[-1]
+    cfg = sandbox.default_config()
+    base = f"http://{hst.ip}:{plans[hst.ip].servers[0].port}"
+    model_dir = plans[hst.ip].model_dir
+
+    def sh(cmd: str) -> str:
+        return sandbox.ssh(hst.ip, cmd, config=cfg, check=False, timeout=20).stdout
+
+    def drop_shared_connections() -> None:
+        try:
+            close_control_masters(cfg)
+        except subprocess.TimeoutExpired:
+            pass
+
+    boot_id = sh("cat /proc/sys/kernel/random/boot_id").strip()
+    release = sh("readlink /opt/mineru-fleet/current").strip()
+    model_files = sh(f"find {model_dir} -type f -exec sha256sum {{}} + | sort")
+    assert release and model_files and check_once(base, chat=True)[0]
+    t0 = time.monotonic()
+    sandbox.ssh(hst.ip, "systemctl reboot", config=cfg, check=False)
+    drop_shared_connections()  # the shared SSH connection dies with the container
+    ready_at = None
+    while time.monotonic() - t0 < 600:
+        time.sleep(2)
+        try:
+            now_boot = sh("cat /proc/sys/kernel/random/boot_id").strip()
+        except subprocess.TimeoutExpired:  # the host is down for a moment
+            drop_shared_connections()
+            continue
+        if now_boot and now_boot != boot_id and check_once(base, chat=True, timeout=10)[0]:
+            ready_at = time.monotonic() - t0
+            break
+    assert ready_at is not None, "not serving again within 600 s of the reboot"
+    assert sh(f"systemctl is-enabled {UNIT}").strip() == "enabled"
+    assert sh(f"systemctl is-active {UNIT}").strip() == "active"
+    assert sh("readlink /opt/mineru-fleet/current").strip() == release
+    assert sh(f"find {model_dir} -type f -exec sha256sum {{}} + | sort") == model_files
+    _record("reboot", {"host": hst.name, "ready_after_s": round(ready_at, 1),
+                       "note": "systemctl reboot in the container -> nspawn exit 133 -> supervisor boots it -> "
+                               "mineru-vllm@0 (enabled) starts -> readiness gate -> serving"})
