@@ -593,7 +593,7 @@ def _plan_cpu(facts, s: Settings, model, model_dir, max_len, host_rows, errors, 
         max_model_len=max_len,
         max_model_len_from=_max_len_from(s, max_len),
     )
-    args = _common_args(s, model_dir, s.port, dtype, max_len_arg=s.max_model_len)
+    args = _common_args(s, model_dir, s.port, dtype, max_len_arg=s.max_model_len) + list(s.extra_args)
     rows.append(Row("port", str(s.port), "port (first server)"))
     _memory_findings(mem, s, model, "0", max_len, errors, warnings)
     return [ServerPlan("0", s.port, None, 1, dtype, env, args, mem, rows)]

@@ -61,7 +61,17 @@ GLOB = re.compile(r"[A-Za-z0-9._*?/\[\]!+@-]+")
 PLANNED_FLAGS = {"--model": "the model role places the model", "--host": "mineru_host", "--port": "mineru_port",
                  "--served-model-name": "mineru_served_model_name", "--tensor-parallel-size": "mineru_tensor_parallel_size",
                  "--gpu-memory-utilization": "mineru_gpu_memory_utilization", "--dtype": "mineru_dtype"}
-SECRET_WORDS = ("TOKEN", "API_KEY", "APIKEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE_KEY")
+def looks_secret(name: str) -> bool:
+    """A variable or flag name that carries a secret: ``HF_TOKEN``, ``--api-key``, ``DB_PASSWORD``; not a count or
+    a tool that merely contains the letters (``--max-num-batched-tokens``, ``--tokenizer``).
+
+    >>> [looks_secret(n) for n in ("HF_TOKEN", "--api-key", "--max-num-batched-tokens", "--tokenizer", "CREDENTIALS")]
+    [True, True, False, False, True]
+    """
+    words = [w for w in re.split(r"[^A-Z0-9]+", name.upper()) if w]
+    joined = "_".join(words)
+    return any(w in ("TOKEN", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS", "APIKEY") for w in words) or any(
+        pair in joined for pair in ("API_KEY", "PRIVATE_KEY", "ACCESS_KEY"))
 #: Variables whose values are never repeated in an error (they may carry a secret the user pasted by mistake).
 NO_ECHO = frozenset({"extra_env", "extra_args"})
 
@@ -231,7 +241,7 @@ class Settings(BaseModel):
             if not ENV_KEY.fullmatch(k):
                 raise ValueError(f"key {k!r} is not an environment variable name: use letters, digits and _ "
                                  "(not starting with a digit), e.g. {\"OMP_NUM_THREADS\": \"4\"}")
-            if any(word in k.upper() for word in SECRET_WORDS):
+            if looks_secret(k):
                 raise ValueError(f"{k} looks like a secret: secrets never go in inventory data (set it on the controller)")
             if k == "MINERU_VLLM_ARGS":
                 raise ValueError("MINERU_VLLM_ARGS is written by the plan: use mineru_extra_args for extra server arguments")
@@ -366,7 +376,7 @@ class Settings(BaseModel):
                 raise ValueError(f"item {i} holds several words: each item is one argument, write them as separate items")
             if flag in PLANNED_FLAGS:
                 raise ValueError(f"item {i} sets {flag}, which the plan sets: use {PLANNED_FLAGS[flag]}")
-            if flag in ("--api-key",) or any(w in flag.upper().replace("-", "_") for w in SECRET_WORDS):
+            if flag in ("--api-key",) or looks_secret(flag):
                 raise ValueError(f"item {i} passes a secret ({flag}): secrets never go in inventory data")
         return v
 

@@ -278,3 +278,16 @@ def test_real_2x_h200_capture():
     assert s.cuda_visible_devices == "0,1"
     assert "--disable-custom-all-reduce" not in s.args  # NVLink: P2P OK both ways
     assert "--disable-custom-all-reduce" in P(seed(), tensor_parallel_size=2).servers[0].args  # the 2080 Ti pair has none
+
+
+def test_extra_args_reach_the_command_on_cpu_and_cuda_hosts(hosts_dir, tmp_path):
+    """mineru_extra_args is appended, as given, to every planned server's arguments, whatever the profile."""
+    extra = ["--max-num-batched-tokens", "8192"]
+    cuda = P(load_host_facts(EXAMPLE_HOSTS / "h100-1x", host="h"), extra_args=extra)
+    assert all(s.args[-2:] == extra for s in cuda.servers)
+    cpu_facts = tmp_path / "cpu"
+    cpu_facts.mkdir()
+    for name in ("os.txt", "extra.txt"):  # the same host without nvidia-smi
+        (cpu_facts / name).write_text((EXAMPLE_HOSTS / "h100-1x" / name).read_text())
+    cpu = P(load_host_facts(cpu_facts, host="h"), extra_args=extra, profile="cpu")
+    assert cpu.profile == "cpu" and cpu.servers[0].args[-2:] == extra

@@ -103,3 +103,18 @@ def test_sandbox_and_example_inventories_use_only_known_names():
         for name, data in hosts[group]:
             load_settings(data, name)
             assert inventory_warnings(data) == []
+
+
+@pytest.mark.parametrize("name,secret", [
+    ("HF_TOKEN", True), ("MODELSCOPE_API_TOKEN", True), ("--api-key", True), ("DB_PASSWORD", True), ("AWS_SECRET_ACCESS_KEY", True),
+    ("--max-num-batched-tokens", False), ("--tokenizer", False), ("--tokenizer-mode", False), ("VLLM_MAX_TOKENS", False),
+])
+def test_secret_names_are_words_not_substrings(name, secret):
+    from mineru_fleet.core.settings import looks_secret
+
+    assert looks_secret(name) is secret
+
+
+def test_a_vllm_flag_with_tokens_in_its_name_is_accepted():
+    s = load_settings({"mineru_extra_args": ["--max-num-batched-tokens", "8192", "--tokenizer-mode", "auto"]}, host="h")
+    assert s.extra_args == ["--max-num-batched-tokens", "8192", "--tokenizer-mode", "auto"]
