@@ -5,7 +5,7 @@ are any (and leaves them running); otherwise boots one and tears it down afterwa
 test runs against a separate, isolated sandbox instance (own names, subnet, port and state dir)
 so it never stops hosts other people are using.  Fast once the rootfs is cached (~5 s).
 
-    cd /work/main && uv run pytest -m e2e tests/e2e/test_sandbox.py -v
+    uv run pytest -m e2e tests/e2e/test_sandbox.py -v     (from the repository root)
 """
 
 from __future__ import annotations
