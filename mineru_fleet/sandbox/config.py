@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
+import tempfile
 import re
 from pathlib import Path
 
@@ -104,6 +106,13 @@ class SandboxConfig:
     @property
     def inventory(self) -> Path:
         return self.inventory_path or self.repo / "inventory" / "sandbox.py"
+
+    @property
+    def control_dir(self) -> Path:
+        """Where ssh keeps this instance's shared connections: a short path under the temp folder, because a
+        unix socket path is limited to 107 bytes and the checkout may live deep (``/tmp/.../repo/.sandbox/run-model``)."""
+        digest = hashlib.sha1(str(self.run).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"mf-ssh-{digest}"
 
     @property
     def ssh_config(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pprint
 import subprocess
@@ -30,6 +31,7 @@ def host_data(config: SandboxConfig, host: SandboxHost) -> dict:
 def write_client_files(cfg: SandboxConfig, hosts: list[SandboxHost]) -> None:
     """Write run/ssh_config, run/testinfra_hosts.txt, run/hosts.json and the pyinfra inventory."""
     cfg.run.mkdir(parents=True, exist_ok=True)
+    cfg.control_dir.mkdir(mode=0o700, exist_ok=True)
     lines = []
     for h in hosts:
         lines += [f"Host {h.name}", f"  HostName {h.ip}", ""]
@@ -38,7 +40,7 @@ def write_client_files(cfg: SandboxConfig, hosts: list[SandboxHost]) -> None:
         "  User root", f"  IdentityFile {cfg.key}", "  IdentitiesOnly yes",
         "  StrictHostKeyChecking no", "  UserKnownHostsFile /dev/null", "  LogLevel ERROR",
         "  BatchMode yes", "  ConnectTimeout 5",
-        "  ControlMaster auto", f"  ControlPath {cfg.run}/cm-%C", "  ControlPersist 120", "",
+        "  ControlMaster auto", f"  ControlPath {cfg.control_dir}/%C", "  ControlPersist 120", "",
     ]
     cfg.ssh_config.write_text("\n".join(lines))
     (cfg.run / "testinfra_hosts.txt").write_text(
@@ -56,6 +58,8 @@ def write_client_files(cfg: SandboxConfig, hosts: list[SandboxHost]) -> None:
 def remove_client_files(cfg: SandboxConfig) -> None:
     for name in ("ssh_config", "testinfra_hosts.txt", "hosts.json"):
         (cfg.run / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        cfg.control_dir.rmdir()  # empty once close_control_masters ran
     inv = cfg.inventory
     if inv.is_file() and inv.read_text().startswith(INVENTORY_MARKER):
         inv.unlink()
@@ -63,7 +67,7 @@ def remove_client_files(cfg: SandboxConfig) -> None:
 
 def close_control_masters(cfg: SandboxConfig) -> None:
     """Close ssh ControlMaster connections opened through run/ssh_config."""
-    for s in cfg.run.glob("cm-*") if cfg.run.is_dir() else []:
+    for s in cfg.control_dir.iterdir() if cfg.control_dir.is_dir() else []:
         subprocess.run(["ssh", "-o", f"ControlPath={s}", "-O", "exit", "dummy"],
                        capture_output=True, timeout=10)
         s.unlink(missing_ok=True)
