@@ -24,6 +24,7 @@ from mineru_fleet.core.planner import Plan, PlanError, plan
 from mineru_fleet.core.render import errors_text, plan_text
 from mineru_fleet.core.settings import Settings, SettingsError, inventory_warnings, load_settings
 from mineru_fleet.controller.facts import PreflightFiles
+from mineru_fleet.controller.locks import LockFileError, release_lock
 
 
 class PreflightError(PyinfraError):
@@ -70,6 +71,9 @@ def preflight(show: bool = True) -> Plan:
         facts = build_host_facts(host.name, files or {})
         p = plan(facts, settings, model_facts(settings, prepared.folder, prepared.manifest))
         p.warnings.extend(modelstore.revision_findings(settings, prepared.manifest))
+        release_lock(p.profile, settings.runtime_lock)
+    except LockFileError as e:
+        raise PreflightError(f"{host.name}: {e}") from None
     except FactsError as e:
         raise PreflightError(f"{host.name}: could not read the host's facts: {e}") from None
     except PlanError as e:

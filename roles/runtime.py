@@ -20,7 +20,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
-from mineru_fleet.controller.locks import lock_path
+from mineru_fleet.controller.locks import release_lock
 from mineru_fleet.paths import ONHOST, REPO
 from mineru_fleet.core.planner import Plan
 from mineru_fleet.core.settings import Settings
@@ -69,7 +69,8 @@ def gpu_check_command(venv: str, bin_dir: str, gpus: list[str]) -> str:
 
 
 def release_steps(plan: Plan, settings: Settings, rel: str) -> str:
-    """The whole shell of a release install: build the venv, check the GPUs (CUDA), import vllm, mark it complete."""
+    """The whole shell of a release install: build the venv, check the GPUs (CUDA), import vllm, mark it complete,
+    under an exclusive lock of the release folder (``flock``), skipped when the release is already complete."""
     q = shlex.quote
     p = paths(settings)
     venv = f"{rel}/venv"
@@ -78,14 +79,18 @@ def release_steps(plan: Plan, settings: Settings, rel: str) -> str:
         gpus = sorted({i for s in plan.servers for i in (s.cuda_visible_devices or "").split(",") if i})
         steps += " && " + gpu_check_command(venv, p["bin_dir"], gpus)
     steps += f" && {q(venv + '/bin/python')} -c 'import vllm' && touch {q(venv + '/' + COMPLETE)}"
-    return steps
+    # One install per release folder at a time: an install left running by a cut connection or a killed
+    # controller is waited for (not raced by a second `rm -rf venv`), and a release it completed is kept.
+    marker = q(venv + "/" + COMPLETE)
+    return f"flock -w 3600 {q(rel + '/.install.lock')} sh -c {q(f'test -f {marker} || {{ {steps}; }}')}"
 
 
 @deploy("Runtime")
 def runtime(plan: Plan, settings: Settings) -> list:
     """Install the release of this plan's profile; returns the operations whose change means "restart"."""
     p = paths(settings)
-    rid = release_id(plan.profile)
+    lock = release_lock(plan.profile, settings.runtime_lock)
+    rid = release_id(plan.profile, lock)
     rel = f"{p['releases']}/{rid}"
     venv = f"{rel}/venv"
     user = settings.service_user
@@ -101,7 +106,7 @@ def runtime(plan: Plan, settings: Settings) -> list:
     files.put(name="uv binary", src=controller_uv(), dest=f"{p['bin_dir']}/uv", mode="755")
     files.put(name="Readiness gate", src=str(ONHOST / "ready.py"), dest=f"{p['bin_dir']}/mineru-fleet-ready", mode="755")
     files.put(name="GPU check", src=str(ONHOST / "gpucheck.py"), dest=f"{p['bin_dir']}/mineru-fleet-gpucheck", mode="755")
-    files.put(name=f"Lock {plan.profile}", src=str(lock_path(plan.profile)), dest=f"{rel}/lock.txt", mode="644")
+    files.put(name=f"Lock {plan.profile}", src=str(lock), dest=f"{rel}/lock.txt", mode="644")
 
     changes = []
     if not host.get_fact(File, path=f"{venv}/{COMPLETE}"):

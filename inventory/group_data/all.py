@@ -122,3 +122,6 @@ unknown `mineru_*` key stops the deploy with the closest known name.
 
 # URL of a wheel directory hosts install from (air-gapped fleets); unset: PyPI.
 # mineru_wheel_find_links = None
+
+# Pinned requirements file (on the controller, every pin with --hash) the release is installed from; unset: the project's locks/<profile>.txt. Another lock is another release folder; set it back to roll back.
+# mineru_runtime_lock = None

@@ -250,6 +250,37 @@ def lock_path(profile: str) -> Path:
     return LOCK_DIR / f"{profile}.txt"
 
 
+class LockFileError(ValueError):
+    """A runtime lock that cannot be installed from; the message names the file, the variable and the fix."""
+
+
+def release_lock(profile: str, override: str | None = None) -> Path:
+    """The lock a host's release is installed from: ``override`` (``mineru_runtime_lock``, relative to the
+    checkout when not absolute) or the project's ``locks/<profile>.txt``; checked to parse with a hash on
+    every pin (what ``uv pip sync`` needs to install offline and verified).
+
+    >>> release_lock("cpu").name
+    'cpu.txt'
+    """
+    if override is None:
+        return lock_path(profile)
+    path = Path(override).expanduser()
+    path = path if path.is_absolute() else REPO / path
+    where = f"mineru_runtime_lock = {override!r}"
+    if not path.is_file():
+        raise LockFileError(f"{where}: no such file on the controller. Fix: give a lock made like locks/{profile}.txt "
+                            f"(`uv pip compile --generate-hashes`), or unset it to use locks/{profile}.txt")
+    try:
+        pins = parse_lock(path)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise LockFileError(f"{where}: not a pinned requirements file ({e}). Fix: `uv pip compile --generate-hashes`") from None
+    unhashed = sorted(p.name for p in pins.values() if not p.hashes)
+    if not pins or unhashed:
+        raise LockFileError(f"{where}: " + (f"{len(unhashed)} pin(s) without --hash ({', '.join(unhashed[:3])})" if pins
+                                            else "no pin in it") + ". Fix: `uv pip compile --generate-hashes`")
+    return path
+
+
 def lock_digest(path: Path) -> str:
     """SHA-256 over the normalized pins and hashes only (comments/annotations do not change it)."""
     pins = parse_lock(Path(path))

@@ -207,6 +207,10 @@ class Settings(BaseModel):
     wheel_find_links: str | None = Field(
         None, description="URL of a wheel directory hosts install from (air-gapped fleets); unset: PyPI."
     )
+    runtime_lock: str | None = Field(
+        None, description="Pinned requirements file (on the controller, every pin with --hash) the release is installed from; "
+        "unset: the project's locks/<profile>.txt. Another lock is another release folder; set it back to roll back.",
+    )
 
     @field_validator("gpu_memory_utilization")
     @classmethod
@@ -267,7 +271,7 @@ class Settings(BaseModel):
             raise ValueError("must be a folder inside a folder, e.g. /srv/models/mineru (its revisions go next to it)")
         return v
 
-    @field_validator("model_cache_dir", "modelscope_ca_bundle", "modelscope_token_file", "model_local_source")
+    @field_validator("model_cache_dir", "modelscope_ca_bundle", "modelscope_token_file", "model_local_source", "runtime_lock")
     @classmethod
     def _controller_path(cls, v: str | None) -> str | None:
         if v is not None and (not v.strip() or CONTROL.search(v)):

@@ -505,6 +505,17 @@ def _shell_words(cmd: str) -> list[str]:
     return list(lex)
 
 
+def _with_inner_scripts(cmds: list[str]) -> list[str]:
+    """Each command, followed by the script of every ``sh -c SCRIPT`` inside it (recursively), so a value
+    quoted into an inner script is checked where that shell reads it too."""
+    out = []
+    for c in cmds:
+        out.append(c)
+        words = _shell_words(c)
+        out += _with_inner_scripts([words[i + 2] for i in range(len(words) - 2) if words[i:i + 2] == ["sh", "-c"]])
+    return out
+
+
 def _operators(cmd: str) -> list[str]:
     return [w for w in _shell_words(cmd) if w and set(w) <= set(";&|<>()")]
 
@@ -542,9 +553,10 @@ def test_role_commands_keep_each_value_one_word(key):
     def commands(s):
         f = modelstore.folders(s, f"{s.state_dir}/models/{s.model_id}/{s.model_revision}")
         fetcher = f"{paths(s)['bin_dir']}/mineru-fleet-modelfetch"
-        return [release_steps(p, s, f"{paths(s)['releases']}/rel"), repair_command(f),
-                host_fetch_command(s, {"MODELSCOPE_DOMAIN": "hub:1"}, fetcher, f["staging"], "/etc/t", keep_token=False),
-                install_command(fetcher, f, s.model_keep_revisions), gate_command("0", 30000, s)]
+        return _with_inner_scripts([
+            release_steps(p, s, f"{paths(s)['releases']}/rel"), repair_command(f),
+            host_fetch_command(s, {"MODELSCOPE_DOMAIN": "hub:1"}, fetcher, f["staging"], "/etc/t", keep_token=False),
+            install_command(fetcher, f, s.model_keep_revisions), gate_command("0", 30000, s)])
 
     for bad, good in zip(commands(evil), commands(benign)):
         assert _operators(bad) == _operators(good), f"an injected operator:\n{bad}"

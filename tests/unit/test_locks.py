@@ -123,3 +123,51 @@ def test_network_reresolve_gives_same_pins(profile):
     text, _ = locks.resolve(profile)
     diff = locks.diff_pins(pins(profile), parse_lock(text))
     assert diff == [], "\n".join(diff)
+
+
+def test_release_lock_default_and_override(tmp_path):
+    from mineru_fleet.controller.locks import LockFileError, release_lock
+
+    assert release_lock("cpu") == lock_path("cpu")
+    mine = tmp_path / "mine.txt"
+    text = lock_path("cpu").read_text()
+    # one more accepted hash for the first pin: same wheels, another release folder
+    first_hash = text.index("--hash=sha256:")
+    mine.write_text(text[:first_hash] + "--hash=sha256:" + "0" * 64 + " \\\n    " + text[first_hash:])
+    assert release_lock("cpu", str(mine)) == mine
+    assert release_id("cpu", mine) != release_id("cpu")
+    for bad, words in [(str(tmp_path / "nope.txt"), "no such file"),
+                       (str(_write(tmp_path / "plain.txt", "vllm==0.10.2\n")), "without --hash"),
+                       (str(_write(tmp_path / "junk.txt", "vllm>=0.10\n")), "not a pinned requirements file"),
+                       (str(_write(tmp_path / "empty.txt", "# nothing\n")), "no pin")]:
+        with pytest.raises(LockFileError) as e:
+            release_lock("cpu", bad)
+        assert "mineru_runtime_lock" in str(e.value) and words in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_release_install_is_locked_and_skipped_when_complete(tmp_path):
+    """The install runs under flock of the release folder and re-checks the completion marker inside the lock."""
+    import shlex
+    import subprocess
+
+    from roles.runtime import COMPLETE, release_steps
+    from mineru_fleet.controller.factsdir import load_host_facts
+    from mineru_fleet.core.planner import plan
+    from mineru_fleet.core.settings import Settings
+    from mineru_fleet.paths import EXAMPLE_HOSTS
+
+    rel = tmp_path / "rel"
+    cmd = release_steps(plan(load_host_facts(EXAMPLE_HOSTS / "seed-2x2080ti"), Settings()), Settings(), str(rel))
+    words = shlex.split(cmd)
+    assert words[:4] == ["flock", "-w", "3600", str(rel / ".install.lock")] and words[4:6] == ["sh", "-c"]
+    assert subprocess.run(["sh", "-n", "-c", words[6]]).returncode == 0  # the inner script parses
+    # with the marker present the inner script does nothing (no uv run, exit 0)
+    (rel / "venv").mkdir(parents=True)
+    (rel / "venv" / COMPLETE).touch()
+    r = subprocess.run(["sh", "-c", words[6]], capture_output=True, text=True)
+    assert r.returncode == 0 and (rel / "venv" / COMPLETE).exists(), r.stderr
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
