@@ -182,7 +182,7 @@ def install_command(fetcher: str, f: dict[str, str], keep: int) -> str:
     """Shell: verify the staging folder against the manifest and rename it into place (quoted words)."""
     q = shlex.quote
     return (f"python3 {q(fetcher)} install --manifest {q(f['manifest'])} --staging {q(f['staging'])} --final {q(f['final'])}"
-            f" --keep {int(keep)}")
+            f" --keep {int(keep)} --in-use-env-dir {q(ENV_DIR)}")
 
 
 def _controller_token(settings: Settings) -> str | None:

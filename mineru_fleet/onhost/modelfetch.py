@@ -10,9 +10,10 @@ controller and copies it to hosts (``/opt/mineru-fleet/bin/mineru-fleet-modelfet
     fetch   ... --local-dir DIR
         snapshot_download(ID, revision=R, local_dir=DIR) (resumes: finished files are kept, a partial
         file continues with HTTP Range), then the manifest -> stdout
-    install --manifest M --staging S --final F [--keep 2]
+    install --manifest M --staging S --final F [--keep 2] [--in-use-env-dir /etc/mineru-fleet]
         every file of S against M (size + SHA-256), then S -> F by rename (an existing F is swapped
-        out and removed), then keep the newest KEEP revision folders next to F
+        out and removed), then keep the newest KEEP revision folders next to F, and every one a
+        server's environment file names (a model-only deploy never removes what a server loads)
 
 Environment: MODELSCOPE_DOMAIN (HOST[:PORT]; the scheme is https), REQUESTS_CA_BUNDLE (a private CA),
 MODELSCOPE_API_TOKEN or ``--token-file`` (0600) for private models. The token is never printed.
@@ -228,7 +229,7 @@ def _stat_signature(folder: Path, manifest: dict) -> list | None:
     return out
 
 
-def install(manifest_path: Path, staging: Path, final: Path, keep: int = 2) -> dict:
+def install(manifest_path: Path, staging: Path, final: Path, keep: int = 2, env_dir: Path | None = None) -> dict:
     """Verify ``staging`` and rename it to ``final`` (atomic for a new revision); prune old revisions."""
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -255,16 +256,43 @@ def install(manifest_path: Path, staging: Path, final: Path, keep: int = 2) -> d
     os.rename(staging, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    removed = prune(final.parent, final.name, keep)
+    removed = prune(final.parent, final.name, keep, in_use(env_dir, final.parent))
     return {"installed": str(final), "files": len(manifest["files"]), "removed": removed}
 
 
-def prune(parent: Path, current: str, keep: int) -> list[str]:
-    """Remove verified revision folders beyond the newest ``keep`` (the current one always stays)."""
+def in_use(env_dir: Path | None, parent: Path) -> set[str]:
+    """Names of the revision folders under ``parent`` that a server's environment file in ``env_dir`` names
+    (``/etc/mineru-fleet/mineru-vllm@N.env``): what a running or restarting server loads, never pruned."""
+    names: set[str] = set()
+    if env_dir is None or not env_dir.is_dir():
+        return names
+    prefix = str(parent).rstrip("/") + "/"
+    for f in env_dir.glob("*.env"):
+        try:
+            text = f.read_text(errors="replace")
+        except OSError:
+            continue
+        start = text.find(prefix)
+        while start != -1:
+            rest = text[start + len(prefix):]
+            name = rest.split("/", 1)[0]
+            for stop in (" ", "\n", "\"", "'", "\\"):
+                name = name.split(stop, 1)[0]
+            if name:
+                names.add(name)
+            start = text.find(prefix, start + 1)
+    return names
+
+
+def prune(parent: Path, current: str, keep: int, protect: set[str] = frozenset()) -> list[str]:
+    """Remove verified revision folders beyond the newest ``keep`` (the current one and the ``protect`` ones,
+    those a server's environment names, always stay)."""
     revs = [d for d in parent.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / MARKER).is_file()]
     revs.sort(key=lambda d: (d.name == current, (d / MARKER).stat().st_mtime), reverse=True)
     removed = []
     for d in revs[max(keep, 1):]:
+        if d.name in protect:
+            continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d.name)
     return removed
@@ -287,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--staging", required=True)
     s.add_argument("--final", required=True)
     s.add_argument("--keep", type=int, default=2)
+    s.add_argument("--in-use-env-dir", help="never prune a revision a *.env file in this folder names (a server's model)")
     a = ap.parse_args(argv)
     # SIGTERM/SIGHUP (systemd stop, a killed deploy) unwind like Ctrl-C: the private credentials
     # folder of _Session is removed by its __exit__ instead of being left behind
@@ -299,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _stop)
     try:
         if a.cmd == "install":
-            out = install(Path(a.manifest), Path(a.staging), Path(a.final), a.keep)
+            out = install(Path(a.manifest), Path(a.staging), Path(a.final), a.keep,
+                          Path(a.in_use_env_dir) if a.in_use_env_dir else None)
         else:
             token = read_token(a.token_file)
             with _Session(token) as sess:

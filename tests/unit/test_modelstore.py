@@ -185,3 +185,26 @@ def test_real_client_against_the_local_hub(tmp_path):
         r = subprocess.run(cmd, env={**env, "MODELSCOPE_API_TOKEN": "tok-abc"}, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "tok-abc" not in r.stdout + r.stderr
+
+
+def test_install_never_prunes_a_revision_a_server_loads(tmp_path):
+    """A model-only deploy (or a failed one) may install two new revisions while the server still loads an old
+    one: the revision an environment file names stays, whatever its age."""
+    parent = tmp_path / "models" / "o" / "m"
+    parent.mkdir(parents=True)
+    env_dir = tmp_path / "etc"
+    env_dir.mkdir()
+    man = tmp_path / "manifest.json"
+    man.write_text(json.dumps(MANIFEST))
+    (env_dir / "mineru-vllm@0.env").write_text(f'MINERU_VLLM_ARGS="--model {parent}/r1 --port 30000"\n')
+    (env_dir / "other.conf").write_text(f"{parent}/r2\n")  # not an environment file: no protection
+    for i, rev in enumerate(["r1", "r2", "r3", "r4"]):
+        modelfetch.install(man, write(parent / f".{rev}.partial"), parent / rev, keep=2, env_dir=env_dir)
+        os.utime(parent / rev / modelfetch.MARKER, (1000 + i, 1000 + i))
+    assert sorted(p.name for p in parent.iterdir()) == ["r1", "r3", "r4"]
+    assert modelfetch.in_use(env_dir, parent) == {"r1"}
+    assert modelfetch.in_use(tmp_path / "nowhere", parent) == set()
+    # the command line the model role runs passes the config folder
+    from roles.model import install_command
+    assert install_command("/b/f", {"manifest": "/m", "staging": "/s", "final": "/f"}, 2).endswith(
+        "--keep 2 --in-use-env-dir /etc/mineru-fleet")
