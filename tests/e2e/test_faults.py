@@ -1,14 +1,18 @@
 """Faults a fleet sees, on the deployed sandbox hosts (issue 10): each test asserts recovery and that
 nothing was lost, and records the recovery time in bench/results/faults.json (bench/README.md).
 
-So far: ``kill -9`` of a server (systemd restarts it; the readiness gate makes "active" mean "serves"), and a crash
-loop from a bad setting (systemd stops at the unit's start limit, ``diagnose --host`` names the cause, the next good
-deploy recovers without a manual ``systemctl reset-failed``).
+``kill -9`` of a server (systemd restarts it; the readiness gate makes "active" mean "serves"); a crash loop from a
+bad setting (systemd stops at the unit's start limit, ``diagnose --host`` names the cause, the next good deploy
+recovers without a manual ``systemctl reset-failed``); a rebooted host; the SSH connection cut and the controller
+killed in the middle of a new release's install (a rerun converges; the half-installed release is never ``current``);
+the disk filling during a model download (a clear error, the previous revision still serving).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from mineru_fleet.controller.locks import lock_path
+from mineru_fleet.controller.wheelhouse import release_id
 from mineru_fleet.onhost.ready import check_once
 from mineru_fleet import sandbox
+from mineru_fleet.sandbox import modelhub
 from mineru_fleet.sandbox import quickstart
 from mineru_fleet.sandbox.network import close_control_masters
 
@@ -158,3 +165,177 @@ def test_rebooted_host_comes_back_serving_with_its_release_and_model(hosts, plan
     _record("reboot", {"host": hst.name, "ready_after_s": round(ready_at, 1),
                        "note": "systemctl reboot in the container -> nspawn exit 133 -> supervisor boots it -> "
                                "mineru-vllm@0 (enabled) starts -> readiness gate -> serving"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cut connections and a killed controller in the middle of a deploy
+
+
+def _fault_inventory(hst, **data) -> Path:
+    """A one-host inventory in group "sandbox" (so its group_data applies) with ``data`` on top."""
+    inv = quickstart.REPO / "inventory" / f"sandbox_fault_{hst.name}.py"
+    inv.write_text(f"sandbox = [({hst.ip!r}, {({**sandbox.host_data(sandbox.default_config(), hst), **data})!r})]\n")
+    return inv
+
+
+def _deploy_in_background(inv: Path, log: Path, deploy_file: str = "deploy.py") -> subprocess.Popen:
+    """``pyinfra INV deploy.py -y`` in its own process group (so the test can kill the whole controller)."""
+    return subprocess.Popen([sys.executable, "-m", "pyinfra", str(inv), deploy_file, "-y"], cwd=quickstart.REPO,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for(predicate, timeout: float, what: str, every: float = 0.5):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _other_lock(tmp_path: Path) -> Path:
+    """locks/cpu.txt with one more accepted hash on its first pin: the same wheels, another release id (a real,
+    full install from the wheelhouse, as an upgrade would be)."""
+    text = lock_path("cpu").read_text()
+    at = text.index("--hash=sha256:")
+    other = tmp_path / "cpu-other.txt"
+    other.write_text(text[:at] + "--hash=sha256:" + "0" * 64 + " \\\n    " + text[at:])
+    assert release_id("cpu", other) != release_id("cpu")
+    return other
+
+
+def test_cut_connection_and_killed_controller_mid_install_never_make_a_half_release_current(hosts, plans, tmp_path):
+    """A new release (another lock) is being installed: (1) every SSH session to the host is killed mid-install,
+    (2) a rerun's controller is SIGKILLed mid-install; each time the host keeps serving the old release (same
+    MainPID, ``current`` unchanged, env file unchanged). (3) A plain rerun converges: the new release complete,
+    ``current``, serving. Then the default inventory takes the host back to the old release."""
+    hst = hosts[0]
+    cfg = sandbox.default_config()
+    base = f"http://{hst.ip}:{plans[hst.ip].servers[0].port}"
+    lock = _other_lock(tmp_path)
+    new = release_id("cpu", lock)
+    rel = f"/opt/mineru-fleet/releases/{new}"
+
+    def sh(cmd: str, timeout: float = 30) -> str:
+        return sandbox.ssh(hst.ip, cmd, config=cfg, check=False, timeout=timeout).stdout.strip()
+
+    def serving_state() -> tuple[str, str, str]:
+        return (sh("readlink /opt/mineru-fleet/current"), sh(f"systemctl show -p MainPID --value {UNIT}"),
+                sh(f"sha256sum /etc/mineru-fleet/{UNIT}.env"))
+
+    def installing_for(seconds: float):
+        """True once uv has been syncing the new release's venv for ``seconds`` (really mid-install)."""
+        out = sh(f"pid=$(pgrep -o -f 'pip sync .*{new}/venv') && ps -o etimes= -p $pid").strip()
+        return out.isdigit() and int(out) >= seconds
+
+    before = serving_state()
+    assert before[0].endswith("/" + release_id("cpu")) and before[1] not in ("", "0") and check_once(base, chat=True)[0]
+    inv = _fault_inventory(hst, mineru_runtime_lock=str(lock))
+    timings = {}
+    try:
+        # (1) the SSH connection cut: every sshd session process on the host killed
+        proc = _deploy_in_background(inv, tmp_path / "cut.log")
+        _wait_for(lambda: installing_for(5), 300, "the new release's install to run")
+        sh("pkill -9 -f '^sshd-session: ' ; pkill -9 -f '^sshd: root@' ; true")
+        close_control_masters(cfg)
+        rc = proc.wait(timeout=300)
+        out = (tmp_path / "cut.log").read_text()
+        assert rc != 0, "a deploy whose connection was cut must fail\n" + out[-3000:]
+        assert serving_state() == before, "the cut deploy changed what serves"
+        assert check_once(base, chat=True, timeout=20)[0]
+        # the worst case: the install died with the connection (no completion marker, a half venv)
+        sh("pkill -9 -f 'uv pip sync'; pkill -9 -f 'uv venv'; pkill -9 -f {rel}/.install.lock; true".format(rel=rel))
+        assert sh(f"test -f {rel}/venv/.mineru-fleet-complete && echo complete || echo partial") == "partial"
+
+        # (2) the controller killed (SIGKILL of pyinfra's whole process group) mid-install
+        proc = _deploy_in_background(inv, tmp_path / "kill.log")
+        _wait_for(lambda: installing_for(5), 300, "the rerun's install to run")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert serving_state() == before, "the killed deploy changed what serves"
+        assert check_once(base, chat=True, timeout=20)[0]
+
+        # (3) a plain rerun converges (it waits for an install the killed run left going, then finishes)
+        t0 = time.monotonic()
+        r = quickstart.deploy(inventory=inv)
+        timings["rerun_converged_s"] = round(time.monotonic() - t0, 1)
+        assert r.returncode == 0, "the rerun after the faults must converge"
+        now = serving_state()
+        assert now[0] == rel and now[1] != before[1], now
+        assert sh(f"test -f {rel}/venv/.mineru-fleet-complete && echo complete") == "complete"
+        assert check_once(base, chat=True, timeout=20)[0]
+    finally:
+        inv.unlink(missing_ok=True)
+        # back to the project's lock (the old release folder is still there: nothing to install)
+        t0 = time.monotonic()
+        back = quickstart.deploy("--limit", hst.ip)
+        timings["back_to_previous_release_s"] = round(time.monotonic() - t0, 1)
+        sh(f"rm -rf {rel}", timeout=300)  # 7 GB: do not keep it on the test host
+    assert back.returncode == 0
+    assert sh("readlink /opt/mineru-fleet/current") == before[0] and check_once(base, chat=True, timeout=20)[0]
+    _record("cut-connection-and-killed-controller", {
+        "host": hst.name, **timings,
+        "note": "new release (another lock) mid-install: SSH sessions killed, then the rerun's controller SIGKILLed; "
+                "both times the old release kept serving (same MainPID, current, env); a plain rerun installed and "
+                "switched; the default inventory switched back without installing"})
+
+
+def test_disk_filling_during_a_model_download_keeps_the_previous_revision_serving(hosts, plans, tmp_path):
+    """The host's model folder has room when the preflight checks it; while the deploy runs, something else fills
+    the disk: the transfer fails with a clear error and the server keeps serving the previous revision."""
+    hst = hosts[-1]
+    cfg = sandbox.default_config()
+    p = plans[hst.ip]
+    parent = p.model_dir.rsplit("/", 1)[0]
+    base = f"http://{hst.ip}:{p.servers[0].port}"
+    hub_domain, ca = f"127.0.0.1:{quickstart.hub_port()}", quickstart.HUB_HOME / "certs" / "ca.pem"
+    rev = "v1.0.1-diskfull"
+    src = tmp_path / "model"
+    src.mkdir()
+    for f in quickstart.MODEL_DIR.iterdir():
+        if f.is_file():
+            (src / f.name).write_bytes(f.read_bytes())
+    (src / "pad.bin").write_bytes(os.urandom(96 << 20))
+    rev_dir = modelhub.publish(quickstart.HUB_HOME / "root", quickstart.HUB_MODEL_ID, rev, src)
+
+    def sh(cmd: str, timeout: float = 60) -> str:
+        return sandbox.ssh(hst.ip, cmd, config=cfg, check=False, timeout=timeout).stdout.strip()
+
+    before = (sh(f"systemctl show -p MainPID --value {UNIT}"), sh(f"cat /etc/mineru-fleet/{UNIT}.env"),
+              sh(f"find {p.model_dir} -type f -exec sha256sum {{}} + | sort"))
+    assert before[0] not in ("", "0") and p.model_dir in before[1] and check_once(base, chat=True)[0]
+    # a 128 MiB file system where the models live (the current revision copied in): room for the new one, barely
+    sh(f"cp -a {parent} /root/models-before && mount -t tmpfs -o size=128m,mode=755 tmpfs {parent} && "
+       f"cp -a /root/models-before/. {parent}/")
+    inv = _fault_inventory(hst, mineru_model_revision=rev, mineru_model_free_space_margin_mib=1,
+                           mineru_model_cache_dir=str(tmp_path / "cache"))
+    try:
+        modelhub.client(hub_domain, ca, "/_hub/control", {"reset": True, "rate_bps": 24_000_000})  # ~4 s for 96 MiB
+        proc = _deploy_in_background(inv, tmp_path / "full.log")
+        # the download starts once the preflight (which found room) is over: then the disk fills up
+        _wait_for(lambda: modelhub.client(hub_domain, ca, "/_hub/stats")["file_bytes"] > 0, 300, "the model download",
+                  every=0.1)
+        sh(f"fallocate -l 64M {parent}/.someone-elses-file")
+        rc = proc.wait(timeout=600)
+        out = (tmp_path / "full.log").read_text()
+        assert rc != 0, "the deploy must fail when the disk is full\n" + out[-3000:]
+        assert "No space left on device" in out and f".{rev}.partial" in out, out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+        # the previous revision still serves, untouched; the new one is not installed
+        assert sh(f"systemctl show -p MainPID --value {UNIT}") == before[0]
+        assert sh(f"cat /etc/mineru-fleet/{UNIT}.env") == before[1]
+        assert sh(f"find {p.model_dir} -type f -exec sha256sum {{}} + | sort") == before[2]
+        assert sh(f"test -e {parent}/{rev} && echo installed || echo absent") == "absent"
+        assert check_once(base, chat=True, timeout=20)[0]
+    finally:
+        modelhub.client(hub_domain, ca, "/_hub/control", {"reset": True, "rate_bps": None})
+        inv.unlink(missing_ok=True)
+        sh(f"umount {parent}; rm -rf /root/models-before")
+        import shutil
+        shutil.rmtree(rev_dir, ignore_errors=True)
+    assert sh(f"find {p.model_dir} -type f -exec sha256sum {{}} + | sort") == before[2]
+    _record("disk-full-during-download", {
+        "host": hst.name, "error": "rsync: No space left on device (28)",
+        "note": "the preflight found room; 64 MiB of the model file system filled during the 96 MiB download: the "
+                "deploy failed naming the partial folder, the server kept its MainPID, env file and revision bytes"})
