@@ -26,8 +26,9 @@ from mineru_fleet.sandbox.network import ssh_argv
 pytestmark = pytest.mark.e2e
 DEPLOY_MODEL_ONLY = "tests/e2e/deploy_model_only.py"
 #: controller folders that hold no file a deploy writes (the hub is the remote party: it keeps the token by design)
+#: (.sandbox/run holds the containers' root file systems: the hosts are searched from inside, below)
 NOT_OURS = (".git", ".venv", ".sandbox/serve", ".sandbox/base", ".sandbox/cache/rootfs", ".sandbox/hub",
-            ".sandbox/client", ".sandbox/models")
+            ".sandbox/client", ".sandbox/models", ".sandbox/run")
 HOST_DIRS = "/etc /var /tmp /root /home /run /opt/mineru-fleet"
 
 
@@ -104,6 +105,8 @@ def test_a_planted_token_appears_nowhere_but_its_file(hosts, tmp_path):
     def inventory(mode: str, with_token: bool = True) -> Path:
         data = {**sandbox.host_data(cfg, hst), "mineru_model_revision": revs[mode], "mineru_model_fetch_mode": mode,
                 "mineru_model_cache_dir": str(tmp_path / "cache")}
+        if mode == "host":  # the host reaches the hub at its controller address (127.0.0.1 is the host itself)
+            data["mineru_modelscope_host_domain"] = f"{hst.controller_ip}:{quickstart.hub_port()}"
         if with_token:
             data["mineru_modelscope_token_file"] = str(token_file)
         # next to the other inventories, so pyinfra reads inventory/group_data/sandbox.py for it
