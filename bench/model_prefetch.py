@@ -38,7 +38,12 @@ STATE = "/var/lib/mineru-fleet-bench"
 
 
 def instance() -> sandbox.SandboxConfig:
-    return sandbox.SandboxConfig(repo=REPO, prefix="mp", net_prefix="192.168.253", port=8782, run_name="run-model",
+    """The model tests' own sandbox instance (mp1..mp3 on 192.168.253.0/24, file server port 8782);
+    ``MINERU_FLEET_MODEL_SANDBOX_PREFIX`` / ``_NET`` / ``_PORT`` move it (a second checkout on the same machine)."""
+    env = os.environ
+    return sandbox.SandboxConfig(repo=REPO, prefix=env.get("MINERU_FLEET_MODEL_SANDBOX_PREFIX", "mp"),
+                                 net_prefix=env.get("MINERU_FLEET_MODEL_SANDBOX_NET", "192.168.253"),
+                                 port=int(env.get("MINERU_FLEET_MODEL_SANDBOX_PORT", "8782")), run_name="run-model",
                                  inventory_path=REPO / "inventory" / "sandbox_model.py")
 
 

@@ -22,7 +22,7 @@ import io
 import json
 import shlex
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import FactBase, FileUploadCommand, RsyncCommand, StringCommand, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.server import Which
@@ -58,10 +58,11 @@ class ModelError(PyinfraError):
 
 
 class ModelState(FactBase):
-    """Free space where the model goes and the SHA-256 of every file in the revision and staging folders."""
+    """Free space where the model goes and the SHA-256 of every file in the revision and staging folders: hashed now,
+    or (``mode`` record) taken from the revision folder's verified-files record for files whose stat is unchanged."""
 
-    def command(self, final: str, staging: str) -> str:
-        return modelstore.state_command(final, staging)
+    def command(self, final: str, staging: str, mode: str = "record", digest: str = "") -> str:
+        return modelstore.state_command(final, staging, mode, digest)
 
     def process(self, output):
         return modelstore.parse_state("\n".join(output))
@@ -94,10 +95,18 @@ def model(plan: Plan, settings: Settings) -> list:
         raise ModelError(f"{host.name}: {e}") from None
     manifest = prepared.manifest
     f = modelstore.folders(settings, plan.model_dir)
-    state = host.get_fact(ModelState, final=f["final"], staging=f["staging"])
+    state = host.get_fact(ModelState, final=f["final"], staging=f["staging"], mode=settings.model_verify,
+                          digest=modelstore.manifest_digest(manifest["files"]))
+    logger.info(f"{host.name}: {modelstore.check_summary(state, settings.model_verify)}")
     tp = modelstore.transfer_plan(manifest, state, settings.model_free_space_margin_mib)
+    bin_dir = paths(settings)["bin_dir"]
+    fetcher = f"{bin_dir}/mineru-fleet-modelfetch"
     if tp.up_to_date:
-        return []
+        if modelstore.record_is_stale(state):  # verified, but the record does not vouch for it all: write it again
+            _tools(settings, f, manifest, fetcher)
+            server.shell(name=f"Record the verified files of {settings.model_id}@{settings.model_revision}",
+                         commands=[record_command(fetcher, f)])
+        return []  # the model is unchanged: nothing to restart
     err = modelstore.space_error(host.name, f["parent"], state.avail, tp)
     if err:
         raise ModelError(err)
@@ -105,13 +114,7 @@ def model(plan: Plan, settings: Settings) -> list:
         raise ModelError(f"{host.name}: rsync is not installed; the model files travel with rsync over SSH."
                          " Fix: install it on the host (apt-get install rsync), or set model_fetch_mode: host")
 
-    bin_dir = paths(settings)["bin_dir"]
-    fetcher = f"{bin_dir}/mineru-fleet-modelfetch"
-    files.directory(name="Model folder parent", path=f["parent"], user="root", group="root", mode="755")
-    files.directory(name="Tools folder", path=bin_dir, user="root", group="root", mode="755")
-    files.put(name="Model fetch/verify tool", src=str(modelstore.FETCH_SCRIPT), dest=fetcher, mode="755")
-    files.put(name="Model manifest (hub file list)", src=io.StringIO(json.dumps(manifest, sort_keys=True, indent=1)),
-              dest=f["manifest"], mode="644")
+    _tools(settings, f, manifest, fetcher)
     if tp.seed_from_final:
         server.shell(name="Staging folder from the current revision (repair)", commands=[repair_command(f)])
 
@@ -152,6 +155,15 @@ def model(plan: Plan, settings: Settings) -> list:
     return [install]
 
 
+def _tools(settings: Settings, f: dict[str, str], manifest: dict, fetcher: str) -> None:
+    """The model folder's parent, the fetch/verify tool and the manifest on the host."""
+    files.directory(name="Model folder parent", path=f["parent"], user="root", group="root", mode="755")
+    files.directory(name="Tools folder", path=fetcher.rsplit("/", 1)[0], user="root", group="root", mode="755")
+    files.put(name="Model fetch/verify tool", src=str(modelstore.FETCH_SCRIPT), dest=fetcher, mode="755")
+    files.put(name="Model manifest (hub file list)", src=io.StringIO(json.dumps(manifest, sort_keys=True, indent=1)),
+              dest=f["manifest"], mode="644")
+
+
 def repair_command(f: dict[str, str]) -> str:
     """Shell: a staging copy of the current revision folder (quoted words)."""
     q = shlex.quote
@@ -183,6 +195,13 @@ def install_command(fetcher: str, f: dict[str, str], keep: int) -> str:
     q = shlex.quote
     return (f"python3 {q(fetcher)} install --manifest {q(f['manifest'])} --staging {q(f['staging'])} --final {q(f['final'])}"
             f" --keep {int(keep)} --in-use-env-dir {q(ENV_DIR)}")
+
+
+def record_command(fetcher: str, f: dict[str, str]) -> str:
+    """Shell: check the installed revision folder (only what its record does not vouch for) and write its record
+    again (quoted words)."""
+    q = shlex.quote
+    return f"python3 {q(fetcher)} record --manifest {q(f['manifest'])} --final {q(f['final'])}"
 
 
 def _controller_token(settings: Settings) -> str | None:

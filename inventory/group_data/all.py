@@ -99,6 +99,9 @@ unknown `mineru_*` key stops the deploy with the closest known name.
 # Free space a host must keep beyond the model's size, checked before any byte is written.
 # mineru_model_free_space_margin_mib = 512
 
+# How each run checks a host's model folder. record: hash only the files whose size, mtime, ctime or inode differ from the verified-files record written when the revision was installed (a no-op run hashes nothing; no record, or a changed file, falls back to hashing); full: hash every file on every run.
+# mineru_model_verify = 'record'
+
 # Revision folders kept per model on a host (the current one included).
 # mineru_model_keep_revisions = 2
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mineru_fleet.paths import ONHOST, REPO
-from mineru_fleet.onhost.modelfetch import MANIFEST, MARKER, FetchError, check_manifest, sha256_file
+from mineru_fleet.onhost.modelfetch import MANIFEST, MARKER, FetchError, check_manifest, manifest_digest, sha256_file
 from mineru_fleet.core.planner import Finding
 from mineru_fleet.core.settings import Settings
 
@@ -62,19 +62,31 @@ def folders(settings: Settings, model_dir: str) -> dict[str, str]:
             "manifest": f"{parent}/.{name}.manifest.json"}
 
 
-def state_command(final: str, staging: str) -> str:
-    """Shell printing ``@avail BYTES`` (free space where the model goes) and ``@final|@staging SHA  ./PATH`` lines."""
+def check_program() -> str:
+    """The ModelState fact's Python: the "model check" block of modelfetch.py (the same functions the unit tests
+    import), run on the host with ``python3 -c`` so that it needs nothing on the host but python3."""
+    text = FETCH_SCRIPT.read_text()
+    begin, end = text.index("# >>> the model check"), text.index("# <<< the model check")
+    return ("from __future__ import annotations\nimport hashlib, json, os, stat, sys\n" + text[begin:end]
+            + "raise SystemExit(check_main(sys.argv[1:]))\n")
+
+
+def state_command(final: str, staging: str, mode: str = "record", digest: str = "") -> str:
+    """Shell printing ``@avail BYTES`` (free space where the model goes), then for the revision and staging folders
+    ``@dir``, ``@record``, ``@stale``, ``@final|@staging SHA  ./PATH`` and ``@hashed`` lines (``modelfetch.check``).
+
+    ``mode`` ``record``: hash only the files whose size, mtime, ctime or inode differ from the folder's
+    verified-files record (all of them when there is no usable record for the manifest ``digest``);
+    ``full``: hash every file. Without python3 on the host every file is hashed with sha256sum."""
     q = shlex.quote
-    lines = [
-        f"p={q(final)}; while [ ! -e \"$p\" ]; do p=$(dirname \"$p\"); done; "
-        "echo \"@avail $(df -P -B1 \"$p\" | awk 'NR==2{print $4}')\"",
-    ]
-    for tag, d in (("final", final), ("staging", staging)):
-        lines.append(
-            f"if [ -d {q(d)} ]; then echo '@dir {tag}'; cd {q(d)} && find . -type f ! -path './._____temp/*' "
-            f"! -name '.mineru-fleet-*' ! -name '.msc' ! -name '.mv' -print0 | xargs -0 -r sha256sum | sed 's/^/@{tag} /'; fi"
-        )
-    return "; ".join(lines) + "; true"
+    avail = (f"p={q(final)}; while [ ! -e \"$p\" ]; do p=$(dirname \"$p\"); done; "
+             "echo \"@avail $(df -P -B1 \"$p\" | awk 'NR==2{print $4}')\"")
+    py = f"python3 -I -c {q(check_program())} {q(final)} {q(staging)} {q(mode)} {q(digest)}"
+    shell = "; ".join(
+        f"if [ -d {q(d)} ]; then echo '@dir {tag}'; cd {q(d)} && find . -type f ! -path './._____temp/*' "
+        f"! -name '.mineru-fleet-*' ! -name '.msc' ! -name '.mv' -print0 | xargs -0 -r sha256sum | sed 's/^/@{tag} /'; fi"
+        for tag, d in (("final", final), ("staging", staging)))
+    return f"{avail}; if command -v python3 >/dev/null 2>&1; then {py}; else {shell}; fi; true"
 
 
 @dataclass
@@ -82,6 +94,10 @@ class HostModelState:
     avail: int | None = None
     final: dict[str, str] | None = None      # path -> sha256 (None: no folder)
     staging: dict[str, str] | None = None
+    record: str | None = None                # the revision folder's record: ok, none, unreadable, other-manifest
+    stale: int | None = None                 # its files the record does not vouch for (None: not reported)
+    hashed: int | None = None                # files of the revision folder hashed by this check
+    hashed_bytes: int = 0
 
 
 def parse_state(output: str) -> HostModelState:
@@ -99,7 +115,34 @@ def parse_state(output: str) -> HostModelState:
                 d = {}
                 setattr(st, tag[1:], d)
             d[path.removeprefix("./")] = sha
+        elif tag in ("@record", "@stale", "@hashed"):
+            which, *words = rest.split()
+            if which != "final" or not words:
+                continue
+            if tag == "@record":
+                st.record = words[0]
+            elif tag == "@stale" and words[0].isdigit():
+                st.stale = int(words[0])
+            elif tag == "@hashed" and all(w.isdigit() for w in words[:2]):
+                st.hashed, st.hashed_bytes = int(words[0]), int(words[1]) if len(words) > 1 else 0
     return st
+
+
+def record_is_stale(state: HostModelState) -> bool:
+    """The revision folder verifies but its record does not vouch for every file (none yet, a file touched without
+    changing, another manifest): writing it again makes the next check cheap. False when the check did not say
+    (a host without python3)."""
+    return state.final is not None and state.stale is not None and (state.record != "ok" or state.stale > 0)
+
+
+def check_summary(state: HostModelState, mode: str) -> str:
+    """One line on what the check cost, e.g. ``model check (record): 0 of 12 file(s) hashed (0 B), record ok``."""
+    if state.final is None:
+        return f"model check ({mode}): no revision folder yet"
+    if state.hashed is None:
+        return f"model check ({mode}): {len(state.final)} file(s) hashed (sha256sum: no python3 on the host)"
+    return (f"model check ({mode}): {state.hashed} of {len(state.final)} file(s) hashed ({human(state.hashed_bytes)}), "
+            f"record {state.record}" + (f", {state.stale} file(s) not vouched for" if state.stale else ""))
 
 
 def missing(manifest: dict, hashes: dict[str, str] | None) -> list[dict]:

@@ -190,6 +190,11 @@ class Settings(BaseModel):
     model_free_space_margin_mib: int = Field(
         512, ge=0, le=1 << 24, description="Free space a host must keep beyond the model's size, checked before any byte is written."
     )
+    model_verify: Literal["record", "full"] = Field(
+        "record", description="How each run checks a host's model folder. record: hash only the files whose size, mtime, "
+        "ctime or inode differ from the verified-files record written when the revision was installed (a no-op run "
+        "hashes nothing; no record, or a changed file, falls back to hashing); full: hash every file on every run.",
+    )
     model_keep_revisions: int = Field(2, ge=1, le=100, description="Revision folders kept per model on a host (the current one included).")
     model_fetch_python: str = Field(
         "/opt/mineru-fleet/current/venv/bin/python", description="Python with modelscope on the host (host mode)."

@@ -12,8 +12,15 @@ controller and copies it to hosts (``/opt/mineru-fleet/bin/mineru-fleet-modelfet
         file continues with HTTP Range), then the manifest -> stdout
     install --manifest M --staging S --final F [--keep 2] [--in-use-env-dir /etc/mineru-fleet]
         every file of S against M (size + SHA-256), then S -> F by rename (an existing F is swapped
-        out and removed), then keep the newest KEEP revision folders next to F, and every one a
-        server's environment file names (a model-only deploy never removes what a server loads)
+        out and removed), then keep the newest KEEP revision folders next to F and every one a
+        server's environment file names (a model-only deploy never removes what a server loads); F's marker file
+        holds the verified-files record (each file's size, mtime, ctime, inode and SHA-256)
+    record  --manifest M --final F
+        check F against M, hashing only the files whose stat differs from F's record, and write
+        the record again (after a file was touched without changing, or for a folder that has none)
+    check   FINAL STAGING record|full MANIFEST_DIGEST
+        what the model role's ModelState fact prints (see "the model check" below; the fact runs
+        that part of this file with ``python3 -c``, so it works before this file is on the host)
 
 Environment: MODELSCOPE_DOMAIN (HOST[:PORT]; the scheme is https), REQUESTS_CA_BUNDLE (a private CA),
 MODELSCOPE_API_TOKEN or ``--token-file`` (0600) for private models. The token is never printed.
@@ -33,11 +40,176 @@ import tempfile
 import time
 from pathlib import Path
 
-MARKER = ".mineru-fleet-verified"
 MANIFEST = ".mineru-fleet-manifest.json"
 CACHE_STAMP = ".mineru-fleet-cache.json"  # the controller cache: the verified manifest + each file's size and mtime
 #: Folders snapshot_download(local_dir=...) leaves next to the files.
 CLIENT_LEFTOVERS = ("._____temp", ".msc", ".mv", ".mdl")
+
+
+# >>> the model check: the ModelState fact runs this part of the file with `python3 -c` (modelstore.check_program:
+# it adds `import hashlib, json, os, stat, sys`, nothing else; so nothing here may use another name of this module)
+
+#: the revision folder's marker: written by install once every file verified; it holds the verified-files record
+MARKER = ".mineru-fleet-verified"
+RECORD_VERSION = 1
+#: a file whose ctime is less than this before the record was taken is "racily clean" (like git's index): a write
+#: right after the record could leave size, mtime and ctime unchanged within the filesystem's timestamp granularity
+RACY_NS = 1_000_000_000
+#: the client's download folder, and names in a revision folder that are not model files
+SKIP_TOP_DIRS = ("._____temp",)
+SKIP_NAMES = (".msc", ".mv")
+SKIP_PREFIX = ".mineru-fleet-"
+
+
+def file_stat(st) -> list:
+    """What says "this file is untouched": [size, mtime_ns, ctime_ns, inode].
+
+    ctime is not settable from user space: a rewrite in place changes it even when the mtime is reset."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def list_files(folder) -> dict:
+    """{relative path: file_stat} of the regular files of ``folder`` (no symlinks), without the client's temp folder,
+    our own files and paths with a control character (no manifest path has one; they would break the line format)."""
+    out = {}
+    folder = str(folder)
+    for root, dirs, names in os.walk(folder):
+        rel = os.path.relpath(root, folder)
+        if rel == ".":
+            dirs[:] = [d for d in dirs if d not in SKIP_TOP_DIRS]
+        for name in names:
+            if name.startswith(SKIP_PREFIX) or name in SKIP_NAMES:
+                continue
+            path = name if rel == "." else rel + "/" + name
+            if any(ord(c) < 32 or ord(c) == 127 for c in path):
+                continue
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out[path] = file_stat(st)
+    return out
+
+
+def manifest_digest(files) -> str:
+    """SHA-256 of a manifest's (path, size, sha256) list: the record names the manifest it was checked against."""
+    rows = sorted([e["path"], e["size"], e.get("sha256")] for e in files)
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+
+
+def record_entries(record) -> dict | None:
+    """{path: entry} of a record, or None when it is not a record of this version (absent, hand-edited, cut short)."""
+    if not isinstance(record, dict) or record.get("record") != RECORD_VERSION or not isinstance(record.get("files"), list):
+        return None
+    if not isinstance(record.get("checked_ns"), int) or not isinstance(record.get("manifest"), str):
+        return None
+    out = {}
+    for e in record["files"]:
+        if not isinstance(e, dict) or not isinstance(e.get("path"), str) or e["path"] in out:
+            return None
+        if not all(isinstance(e.get(k), int) and not isinstance(e.get(k), bool)
+                   for k in ("size", "mtime_ns", "ctime_ns", "inode")):
+            return None
+        sha = e.get("sha256")
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            return None
+        out[e["path"]] = e
+    return out
+
+
+def to_hash(record, listing: dict, digest: str) -> tuple:
+    """Pure: which files of ``listing`` ({path: file_stat}) must be hashed, given the folder's record.
+
+    Returns (status, paths to hash, {path: sha256} taken from the record). status: ``ok`` (the record is
+    usable), ``none`` (no record), ``unreadable`` (not a record of ours), ``other-manifest`` (checked against
+    another file list). Unless ``ok``, every file is hashed. With ``ok`` a file is hashed when it is not in the
+    record, its [size, mtime_ns, ctime_ns, inode] differ, or it was racily clean when recorded; a recorded file
+    that is gone is simply absent from both results (the caller sees it missing).
+    """
+    if record is None:
+        return "none", sorted(listing), {}
+    entries = record_entries(record)
+    if entries is None:
+        return "unreadable", sorted(listing), {}
+    if record["manifest"] != digest:
+        return "other-manifest", sorted(listing), {}
+    hash_these, trusted = [], {}
+    for path in sorted(listing):
+        e = entries.get(path)
+        if (e is None or listing[path] != [e["size"], e["mtime_ns"], e["ctime_ns"], e["inode"]]
+                or e["ctime_ns"] + RACY_NS > record["checked_ns"]):
+            hash_these.append(path)
+        else:
+            trusted[path] = e["sha256"]
+    return "ok", hash_these, trusted
+
+
+def read_record(folder):
+    """The record in ``folder``'s marker: None when there is no marker, the parsed JSON otherwise (or a str when it
+    cannot be parsed, which to_hash calls unreadable)."""
+    try:
+        with open(os.path.join(str(folder), MARKER), "rb") as f:
+            data = f.read(64 << 20)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "unreadable"
+    try:
+        return json.loads(data)
+    except ValueError:
+        return "unreadable"
+
+
+def hash_stable(path) -> tuple:
+    """(sha256, file_stat) of a file, the stat taken before and after reading; (None, None) when it changed meanwhile
+    or cannot be read."""
+    try:
+        before = file_stat(os.lstat(path))
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        after = file_stat(os.lstat(path))
+    except OSError:
+        return None, None
+    return (h.hexdigest(), after) if before == after else (None, None)
+
+
+def check(final: str, staging: str, mode: str, digest: str, out=None) -> None:
+    """The ModelState fact's output: ``@dir final``, ``@record final STATUS``, ``@stale final N``,
+    ``@final SHA  ./PATH`` (hashed now or trusted from the record), ``@hashed final FILES BYTES``; the staging
+    folder (no record) is hashed whole."""
+    out = out or sys.stdout
+    for tag, folder in (("final", final), ("staging", staging)):
+        if not os.path.isdir(folder):
+            continue
+        out.write(f"@dir {tag}\n")
+        listing = list_files(folder)
+        if tag == "final":
+            status, stale, trusted = to_hash(read_record(folder), listing, digest)
+        else:
+            status, stale, trusted = "none", sorted(listing), {}
+        hash_these = sorted(listing) if mode == "full" else stale
+        trusted = {} if mode == "full" else trusted
+        n = size = 0
+        for path in hash_these:
+            sha, _ = hash_stable(os.path.join(folder, path))
+            n, size = n + 1, size + listing[path][0]
+            trusted[path] = sha or "changed-while-hashing"
+        out.write(f"@record {tag} {status}\n@stale {tag} {len(stale)}\n")
+        for path in sorted(trusted):
+            out.write(f"@{tag} {trusted[path]}  ./{path}\n")
+        out.write(f"@hashed {tag} {n} {size}\n")
+
+
+def check_main(argv) -> int:
+    if len(argv) != 4 or argv[2] not in ("record", "full"):
+        sys.stderr.write("usage: check FINAL STAGING record|full MANIFEST_DIGEST\n")
+        return 2
+    check(*argv)
+    return 0
+# <<< the model check
 
 
 class FetchError(RuntimeError):
@@ -229,26 +401,84 @@ def _stat_signature(folder: Path, manifest: dict) -> list | None:
     return out
 
 
-def install(manifest_path: Path, staging: Path, final: Path, keep: int = 2, env_dir: Path | None = None) -> dict:
-    """Verify ``staging`` and rename it to ``final`` (atomic for a new revision); prune old revisions."""
+def _load_manifest(manifest_path: Path) -> dict:
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as e:
         raise BadInput(f"manifest {manifest_path}: cannot be read as JSON ({type(e).__name__}): re-run the deploy") from None
+    return check_manifest(manifest)
+
+
+def _settle(listing: dict) -> None:
+    """Wait until every listed file's ctime is RACY_NS old (at most that long; once per install), so that the record
+    taken next vouches for every file and the next check hashes nothing."""
+    wait = max((st[2] for st in listing.values()), default=0) + RACY_NS - time.time_ns()
+    if wait > 0:
+        time.sleep(min(wait, RACY_NS) / 1e9)
+
+
+def verify_and_record(folder: Path, manifest: dict, previous=None) -> tuple[list[str], dict, int]:
+    """Check ``folder`` against ``manifest`` and build its verified-files record.
+
+    Returns (problems, record, files hashed). Every file of the folder goes into the record with its
+    [size, mtime_ns, ctime_ns, inode] and SHA-256; a file the ``previous`` record vouches for (same stat) is
+    not hashed again. Each stat is taken after the record's ``checked_ns`` (see RACY_NS), and a file that
+    changes while it is hashed is a problem."""
+    check_manifest(manifest)
+    _settle(list_files(folder))
+    checked_ns = time.time_ns()
+    listing = list_files(folder)
+    digest = manifest_digest(manifest["files"])
+    _, stale, trusted = to_hash(previous, listing, digest)
+    problems, shas, stats = [], dict(trusted), dict(listing)
+    for path in stale:
+        sha, st = hash_stable(folder / path)
+        if sha is None:
+            problems.append(f"changed while verifying {path}")
+        else:
+            shas[path], stats[path] = sha, st
+    for e in manifest["files"]:
+        if e["path"] not in listing:
+            problems.append(f"missing {e['path']}")
+        elif listing[e["path"]][0] != e["size"]:
+            problems.append(f"size {e['path']}: {listing[e['path']][0]} != {e['size']}")
+        elif e.get("sha256") and shas.get(e["path"]) != e["sha256"]:
+            problems.append(f"sha256 {e['path']}: mismatch")
+    files = [{"path": p, "size": stats[p][0], "mtime_ns": stats[p][1], "ctime_ns": stats[p][2], "inode": stats[p][3],
+              "sha256": shas[p]} for p in sorted(shas)]
+    return problems, {"record": RECORD_VERSION, "manifest": digest, "checked_ns": checked_ns, "files": files}, len(stale)
+
+
+def _write_marker(folder: Path, data: dict) -> None:
+    """The marker, replaced in one rename (a reader sees the old record or the new one, never half of one)."""
+    tmp = folder / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, folder / MARKER)
+
+
+def install(manifest_path: Path, staging: Path, final: Path, keep: int = 2, env_dir: Path | None = None) -> dict:
+    """Verify ``staging`` (recording what was verified) and rename it to ``final`` (atomic for a new revision);
+    prune old revisions."""
+    manifest = _load_manifest(manifest_path)
     if staging.resolve() == final.resolve() or not staging.is_dir():
         raise BadInput(f"--staging {staging} must be an existing folder other than --final {final}")
     if keep < 1:
         raise BadInput(f"--keep {keep}: keep at least 1 revision (the one installed)")
-    problems = verify(staging, manifest)
+    # modes first: a chmod changes the ctime the record holds (files already 0644, e.g. from rsync, keep theirs)
+    for p in [staging, *staging.rglob("*")]:
+        want = 0o755 if p.is_dir() else 0o644
+        if stat.S_IMODE(p.stat().st_mode) != want:
+            os.chmod(p, want)
+    problems, record, _ = verify_and_record(staging, manifest)
     if problems:
         raise FetchError(f"{staging}: not installed, {len(problems)} problem(s): " + "; ".join(problems[:5]))
     for name in CLIENT_LEFTOVERS:
         p = staging / name
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     shutil.copyfile(manifest_path, staging / MANIFEST)
-    (staging / MARKER).write_text(json.dumps({"commit": manifest.get("commit"), "at": time.time()}) + "\n")
-    for p in [staging, *staging.rglob("*")]:
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    os.chmod(staging / MANIFEST, 0o644)
+    _write_marker(staging, {"commit": manifest.get("commit"), "at": time.time(), **record})
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -258,6 +488,21 @@ def install(manifest_path: Path, staging: Path, final: Path, keep: int = 2, env_
         shutil.rmtree(old, ignore_errors=True)
     removed = prune(final.parent, final.name, keep, in_use(env_dir, final.parent))
     return {"installed": str(final), "files": len(manifest["files"]), "removed": removed}
+
+
+def record(manifest_path: Path, final: Path) -> dict:
+    """Check the installed ``final`` folder against the manifest, hashing only what its record does not vouch for,
+    and write the record again; FetchError (nothing written) when a file does not match."""
+    manifest = _load_manifest(manifest_path)
+    if not final.is_dir():
+        raise BadInput(f"--final {final} is not a folder")
+    previous = read_record(final)
+    problems, rec, hashed = verify_and_record(final, manifest, previous)
+    if problems:
+        raise FetchError(f"{final}: not recorded, {len(problems)} problem(s): " + "; ".join(problems[:5]))
+    old = previous if isinstance(previous, dict) else {}
+    _write_marker(final, {"commit": old.get("commit", manifest.get("commit")), "at": old.get("at", time.time()), **rec})
+    return {"recorded": str(final), "files": len(rec["files"]), "hashed": hashed}
 
 
 def in_use(env_dir: Path | None, parent: Path) -> set[str]:
@@ -316,7 +561,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--final", required=True)
     s.add_argument("--keep", type=int, default=2)
     s.add_argument("--in-use-env-dir", help="never prune a revision a *.env file in this folder names (a server's model)")
+    s = sub.add_parser("record")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--final", required=True)
+    s = sub.add_parser("check")
+    s.add_argument("final")
+    s.add_argument("staging")
+    s.add_argument("mode", choices=("record", "full"))
+    s.add_argument("digest")
     a = ap.parse_args(argv)
+    if a.cmd == "check":
+        check(a.final, a.staging, a.mode, a.digest)
+        return 0
     # SIGTERM/SIGHUP (systemd stop, a killed deploy) unwind like Ctrl-C: the private credentials
     # folder of _Session is removed by its __exit__ instead of being left behind
     import signal
@@ -330,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "install":
             out = install(Path(a.manifest), Path(a.staging), Path(a.final), a.keep,
                           Path(a.in_use_env_dir) if a.in_use_env_dir else None)
+        elif a.cmd == "record":
+            out = record(Path(a.manifest), Path(a.final))
         else:
             token = read_token(a.token_file)
             with _Session(token) as sess:

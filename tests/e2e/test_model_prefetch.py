@@ -30,7 +30,12 @@ DEPLOY = "tests/e2e/deploy_model_only.py"
 
 
 def instance() -> sandbox.SandboxConfig:
-    return sandbox.SandboxConfig(repo=REPO, prefix="mp", net_prefix="192.168.253", port=8782, run_name="run-model",
+    """The model tests' own sandbox instance (mp1..mp3 on 192.168.253.0/24, file server port 8782);
+    ``MINERU_FLEET_MODEL_SANDBOX_PREFIX`` / ``_NET`` / ``_PORT`` move it (a second checkout on the same machine)."""
+    env = os.environ
+    return sandbox.SandboxConfig(repo=REPO, prefix=env.get("MINERU_FLEET_MODEL_SANDBOX_PREFIX", "mp"),
+                                 net_prefix=env.get("MINERU_FLEET_MODEL_SANDBOX_NET", "192.168.253"),
+                                 port=int(env.get("MINERU_FLEET_MODEL_SANDBOX_PORT", "8782")), run_name="run-model",
                                  inventory_path=REPO / "inventory" / "sandbox_model.py")
 
 
@@ -137,6 +142,79 @@ def test_corrupt_host_file_is_repaired(hosts, hub, tmp_path):
     (sent,) = [ln for ln in out.splitlines() if "with rsync:" in ln and "Starting operation" in ln]
     assert "model.safetensors" in sent and "vocab.json" in sent and "Send 2 model file(s)" in sent, sent
     assert "config.json" not in sent  # only the bad files travel
+
+
+def check_lines(out: str, mode: str = "record") -> dict[str, str]:
+    """Each host's "model check (MODE): ..." line from a deploy's output (the ModelState fact's own count)."""
+    found = {}
+    for ln in out.splitlines():
+        m = re.search(r"(\S+): (model check \(%s\): .*)" % mode, ln)
+        if m:
+            found[m.group(1)] = m.group(2).strip()
+    return found
+
+
+def test_rerun_reads_the_record_and_hashes_nothing(hosts, hub, tmp_path):
+    """A no-op run: every host's fact finds every file as recorded at install and hashes none (counted, not timed)."""
+    inv = write_inventory(tmp_path / "inv.py", hosts, hub)
+    deploy(inv)
+    _, out, changed = deploy(inv)
+    assert changed == 0, out[-3000:]
+    n = len(expected(hub.root / MODEL / REV))
+    assert check_lines(out) == {h.ip: f"model check (record): 0 of {n} file(s) hashed (0 B), record ok" for h in hosts}, out[-3000:]
+    # the marker holds the record: one entry per file with its stat and SHA-256, and the SHA-256s are the hub's
+    marker = json.loads(sandbox.ssh(hosts[0].ip, f"cat {STATE}/models/{MODEL}/{REV}/.mineru-fleet-verified",
+                                    config=instance()).stdout)
+    assert {e["path"]: e["sha256"] for e in marker["files"]} == expected(hub.root / MODEL / REV)
+    assert all({"size", "mtime_ns", "ctime_ns", "inode"} <= e.keys() for e in marker["files"])
+
+
+def test_in_place_rewrite_with_mtime_put_back_is_found_and_repaired(hosts, hub, tmp_path):
+    """Same size, same mtime (touch -d the old one): the ctime differs, so that one file is hashed, found bad and sent."""
+    inv = write_inventory(tmp_path / "inv.py", hosts, hub)
+    deploy(inv)
+    h = hosts[1]
+    w = f"{STATE}/models/{MODEL}/{REV}/model.safetensors"
+    before = sandbox.ssh(h.ip, f"stat -c '%s %Y %i' {w}; stat -c %y {w}", config=instance()).stdout.splitlines()
+    sandbox.ssh(h.ip, f"printf xx | dd of={w} bs=1 seek=2000 conv=notrunc status=none && touch -d '{before[1]}' {w}",
+                config=instance())
+    after = sandbox.ssh(h.ip, f"stat -c '%s %Y %i' {w}; stat -c %y {w}", config=instance()).stdout.splitlines()
+    assert after == before, "size, mtime (to the ns) and inode are as they were"
+    assert host_files(h) != expected(hub.root / MODEL / REV)
+    _, out, changed = deploy(inv)
+    lines = check_lines(out)
+    assert lines[h.ip].startswith("model check (record): 1 of "), lines
+    assert all(lines[o.ip].startswith("model check (record): 0 of ") for o in hosts if o is not h), lines
+    (sent,) = [ln for ln in out.splitlines() if "with rsync:" in ln and "Starting operation" in ln]
+    assert "Send 1 model file(s)" in sent and "model.safetensors" in sent, sent
+    assert host_files(h) == expected(hub.root / MODEL / REV)
+    _, out, changed = deploy(inv)  # repaired and recorded: the next run is a no-op again
+    assert changed == 0 and check_lines(out)[h.ip].startswith("model check (record): 0 of "), out[-3000:]
+
+
+def test_full_mode_hashes_every_file(hosts, hub, tmp_path):
+    inv = write_inventory(tmp_path / "inv.py", hosts[:1], hub, model_verify="full")
+    deploy(inv)
+    _, out, changed = deploy(inv)
+    n = len(expected(hub.root / MODEL / REV))
+    assert changed == 0
+    size = sum(p.stat().st_size for p in (hub.root / MODEL / REV).rglob("*") if p.is_file())
+    from mineru_fleet.controller.modelstore import human
+
+    assert check_lines(out, "full") == {hosts[0].ip: f"model check (full): {n} of {n} file(s) hashed ({human(size)}), record ok"}
+
+
+def test_a_touched_file_is_hashed_once_and_recorded_again(hosts, hub, tmp_path):
+    """A file touched without a change: hashed, found good, its record written again (no restart, no transfer)."""
+    inv = write_inventory(tmp_path / "inv.py", hosts[:1], hub)
+    deploy(inv)
+    h = hosts[0]
+    sandbox.ssh(h.ip, f"touch {STATE}/models/{MODEL}/{REV}/config.json", config=instance())
+    _, out, changed = deploy(inv)
+    assert check_lines(out)[h.ip].startswith("model check (record): 1 of "), out[-3000:]
+    assert "Record the verified files of" in out and "with rsync" not in out
+    _, out, changed = deploy(inv)
+    assert changed == 0 and check_lines(out)[h.ip].startswith("model check (record): 0 of "), out[-3000:]
 
 
 def test_wrong_revision_fails_in_preflight_before_any_change(hosts, hub, tmp_path):

@@ -165,6 +165,8 @@ INVENTORY_CASES = [
     ("profile", "gpu", ["mineru_profile", "'auto', 'cuda' or 'cpu'"]),
     ("dtype", "int4", ["mineru_dtype", "'float16'"]),
     ("model_fetch_mode", "p2p", ["mineru_model_fetch_mode", "'controller' or 'host'"]),
+    ("model_verify", "none", ["mineru_model_verify", "'record' or 'full'"]),
+    ("model_verify", "FULL", ["mineru_model_verify", "'record' or 'full'"]),
     ("cpu_kvcache_space_gib", "0", ["mineru_cpu_kvcache_space_gib", "greater than or equal to 1"]),
     ("model_keep_revisions", "0", ["mineru_model_keep_revisions", "greater than or equal to 1"]),
     ("model_free_space_margin_mib", "-1", ["mineru_model_free_space_margin_mib", "greater than or equal to 0"]),
@@ -540,7 +542,7 @@ DEFAULTS_FOR_BENIGN = {"install_dir": "/opt/my-fleet", "state_dir": "/var/lib/x"
 
 @pytest.mark.parametrize("key", sorted(INJECTIONS))
 def test_role_commands_keep_each_value_one_word(key):
-    from roles.model import host_fetch_command, install_command, repair_command
+    from roles.model import host_fetch_command, install_command, record_command, repair_command
     from roles.runtime import release_steps
     from roles.verify import gate_command
     from mineru_fleet.controller import modelstore
@@ -556,7 +558,8 @@ def test_role_commands_keep_each_value_one_word(key):
         return _with_inner_scripts([
             release_steps(p, s, f"{paths(s)['releases']}/rel"), repair_command(f),
             host_fetch_command(s, {"MODELSCOPE_DOMAIN": "hub:1"}, fetcher, f["staging"], "/etc/t", keep_token=False),
-            install_command(fetcher, f, s.model_keep_revisions), gate_command("0", 30000, s)])
+            install_command(fetcher, f, s.model_keep_revisions), gate_command("0", 30000, s),
+            record_command(fetcher, f), modelstore.state_command(f["final"], f["staging"], s.model_verify, "0" * 64)])
 
     for bad, good in zip(commands(evil), commands(benign)):
         assert _operators(bad) == _operators(good), f"an injected operator:\n{bad}"

@@ -208,3 +208,187 @@ def test_install_never_prunes_a_revision_a_server_loads(tmp_path):
     from roles.model import install_command
     assert install_command("/b/f", {"manifest": "/m", "staging": "/s", "final": "/f"}, 2).endswith(
         "--keep 2 --in-use-env-dir /etc/mineru-fleet")
+
+
+# ------------------------------------------------------------------------------------------------
+# the verified-files record: which files a run hashes (pure), and the check as the fact runs it on a host
+# ------------------------------------------------------------------------------------------------
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+NOW = 10_000_000_000_000
+
+
+def rec(files: dict, checked_ns=NOW, digest="d1", **extra):
+    """A record of ``files`` ({path: ([size, mtime_ns, ctime_ns, inode], sha256)})."""
+    return {"record": modelfetch.RECORD_VERSION, "manifest": digest, "checked_ns": checked_ns, **extra,
+            "files": [{"path": p, "size": st[0], "mtime_ns": st[1], "ctime_ns": st[2], "inode": st[3], "sha256": sha}
+                      for p, (st, sha) in files.items()]}
+
+
+OLD = NOW - 5 * modelfetch.RACY_NS
+LISTING = {"config.json": [2, OLD, OLD, 11], "model.safetensors": [1000, OLD, OLD, 12]}
+RECORD = rec({"config.json": (LISTING["config.json"], SHA_A), "model.safetensors": (LISTING["model.safetensors"], SHA_B)})
+
+
+def test_record_vouches_for_unchanged_files_so_nothing_is_hashed():
+    assert modelfetch.to_hash(RECORD, LISTING, "d1") == ("ok", [], {"config.json": SHA_A, "model.safetensors": SHA_B})
+
+
+@pytest.mark.parametrize("field, value", [(0, 999), (1, OLD + 1), (2, NOW + 7), (3, 99)],
+                         ids=["size", "mtime", "ctime", "inode"])
+def test_a_changed_stat_field_hashes_that_file_only(field, value):
+    listing = {k: list(v) for k, v in LISTING.items()}
+    listing["model.safetensors"][field] = value
+    assert modelfetch.to_hash(RECORD, listing, "d1") == ("ok", ["model.safetensors"], {"config.json": SHA_A})
+
+
+def test_missing_and_extra_files():
+    gone = {"config.json": LISTING["config.json"]}  # model.safetensors deleted: neither hashed nor vouched for
+    assert modelfetch.to_hash(RECORD, gone, "d1") == ("ok", [], {"config.json": SHA_A})
+    extra = {**LISTING, "extra.bin": [5, OLD, OLD, 13]}  # not in the record: hashed
+    assert modelfetch.to_hash(RECORD, extra, "d1") == ("ok", ["extra.bin"], {"config.json": SHA_A, "model.safetensors": SHA_B})
+
+
+def test_a_racily_clean_entry_is_hashed():
+    """Recorded less than RACY_NS after its ctime: a write right after the record could have kept every stat field."""
+    racy = rec({"config.json": (LISTING["config.json"], SHA_A), "model.safetensors": (LISTING["model.safetensors"], SHA_B)},
+               checked_ns=OLD + modelfetch.RACY_NS - 1)
+    assert modelfetch.to_hash(racy, LISTING, "d1")[:2] == ("ok", ["config.json", "model.safetensors"])
+
+
+def bad_records():
+    good = json.loads(json.dumps(RECORD))
+    cases = {"not-json": "unreadable", "a-list": [], "old-marker": {"commit": None, "at": 1.0},
+             "version-2": {**good, "record": 2}, "no-checked-ns": {k: v for k, v in good.items() if k != "checked_ns"},
+             "files-not-list": {**good, "files": {}}}
+    for label, change in [("size-str", ("size", "2")), ("no-inode", ("inode", None)), ("sha-short", ("sha256", "ab")),
+                          ("sha-upper", ("sha256", "A" * 64)), ("bool-size", ("size", True)), ("path-int", ("path", 3))]:
+        r = json.loads(json.dumps(RECORD))
+        r["files"][0][change[0]] = change[1]
+        if change[1] is None:
+            del r["files"][0][change[0]]
+        cases[label] = r
+    dup = json.loads(json.dumps(RECORD))
+    dup["files"].append(dict(dup["files"][0]))
+    cases["duplicate-path"] = dup
+    return cases
+
+
+@pytest.mark.parametrize("label", list(bad_records()))
+def test_a_corrupt_record_hashes_every_file(label):
+    status, hash_these, trusted = modelfetch.to_hash(bad_records()[label], LISTING, "d1")
+    assert (status, hash_these, trusted) == ("unreadable", sorted(LISTING), {})
+
+
+def test_no_record_or_another_manifest_hashes_every_file():
+    assert modelfetch.to_hash(None, LISTING, "d1") == ("none", sorted(LISTING), {})
+    assert modelfetch.to_hash(RECORD, LISTING, "d2") == ("other-manifest", sorted(LISTING), {})
+
+
+def test_manifest_digest_covers_path_size_and_sha():
+    d = modelfetch.manifest_digest(MANIFEST["files"])
+    assert d == modelfetch.manifest_digest(list(reversed(MANIFEST["files"])))  # order does not matter
+    for k, v in (("path", "x.json"), ("size", 3), ("sha256", "0" * 64)):
+        assert modelfetch.manifest_digest([{**MANIFEST["files"][0], k: v}, *MANIFEST["files"][1:]]) != d
+
+
+def run_check(final: Path, mode="record", manifest=MANIFEST, env=None) -> modelstore.HostModelState:
+    """The ModelState fact's command, as the host runs it (sh, python3 -c), parsed like the fact does."""
+    cmd = modelstore.state_command(str(final), str(final.parent / f".{final.name}.partial"), mode,
+                                   modelfetch.manifest_digest(manifest["files"]))
+    r = subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    return modelstore.parse_state(r.stdout)
+
+
+def installed(tmp_path: Path, name="r1") -> Path:
+    man = tmp_path / "manifest.json"
+    man.write_text(json.dumps(MANIFEST))
+    staging = write(tmp_path / f".{name}.partial")
+    modelfetch.install(man, staging, tmp_path / name)
+    return tmp_path / name
+
+
+def test_check_after_install_hashes_nothing_and_finds_an_in_place_rewrite(tmp_path):
+    final = installed(tmp_path)
+    sha = {e["path"]: e["sha256"] for e in MANIFEST["files"]}
+    st = run_check(final)
+    assert (st.record, st.stale, st.hashed, st.hashed_bytes, st.final) == ("ok", 0, 0, 0, sha)
+    assert modelstore.transfer_plan(MANIFEST, st, 0).up_to_date and not modelstore.record_is_stale(st)
+    assert modelstore.check_summary(st, "record") == "model check (record): 0 of 3 file(s) hashed (0 B), record ok"
+    # rewritten in place, same size, mtime put back: the ctime gives it away
+    w = final / "model.safetensors"
+    before = w.stat()
+    with open(w, "r+b") as f:
+        f.seek(500)
+        f.write(b"X")
+    os.utime(w, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (w.stat().st_size, w.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    st = run_check(final)
+    assert (st.stale, st.hashed, st.hashed_bytes) == (1, 1, 1000)
+    tp = modelstore.transfer_plan(MANIFEST, st, 0)
+    assert not tp.up_to_date and [e["path"] for e in tp.send] == ["model.safetensors"]
+    # full: every file, whatever the record says
+    st = run_check(final, "full")
+    assert (st.hashed, st.stale, st.record) == (3, 1, "ok") and st.final["config.json"] == sha["config.json"]
+
+
+def test_a_touched_file_is_hashed_once_then_recorded_again(tmp_path):
+    final = installed(tmp_path)
+    os.utime(final / "config.json")  # same bytes, new mtime/ctime
+    st = run_check(final)
+    assert (st.stale, st.hashed) == (1, 1) and modelstore.transfer_plan(MANIFEST, st, 0).up_to_date
+    assert modelstore.record_is_stale(st)  # the role writes the record again
+    man = tmp_path / "manifest.json"
+    assert modelfetch.record(man, final)["hashed"] == 1
+    st = run_check(final)
+    assert (st.stale, st.hashed, st.record) == (0, 0, "ok") and not modelstore.record_is_stale(st)
+
+
+def test_a_folder_without_a_record_is_hashed_whole_and_recorded(tmp_path):
+    final = installed(tmp_path)
+    (final / modelfetch.MARKER).write_text(json.dumps({"commit": None, "at": 1.0}))  # an install of an older version
+    st = run_check(final)
+    assert (st.record, st.hashed) == ("unreadable", 3) and modelstore.record_is_stale(st)
+    (final / modelfetch.MARKER).unlink()
+    st = run_check(final)
+    assert (st.record, st.hashed) == ("none", 3)
+    man = tmp_path / "manifest.json"
+    assert modelfetch.record(man, final)["hashed"] == 3
+    assert run_check(final).hashed == 0
+    # another file list (a branch revision that moved): everything is hashed again
+    other = {"files": [*MANIFEST["files"][:2], entry("sub/tok.json", b"u" * 10)]}
+    st = run_check(final, manifest=other)
+    assert (st.record, st.hashed) == ("other-manifest", 3)
+    assert [e["path"] for e in modelstore.transfer_plan(other, st, 0).send] == ["sub/tok.json"]
+
+
+def test_record_refuses_a_folder_that_does_not_verify(tmp_path):
+    final = installed(tmp_path)
+    marker = (final / modelfetch.MARKER).read_text()
+    (final / "sub/tok.json").write_bytes(b"T" * 10)
+    with pytest.raises(modelfetch.FetchError, match="sha256 sub/tok.json"):
+        modelfetch.record(tmp_path / "manifest.json", final)
+    assert (final / modelfetch.MARKER).read_text() == marker
+
+
+def test_check_without_python3_hashes_every_file_with_sha256sum(tmp_path):
+    final = installed(tmp_path)
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "df", "awk", "find", "xargs", "sha256sum", "sed"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    st = run_check(final, env={"PATH": str(bin_dir)})
+    assert st.final == {e["path"]: e["sha256"] for e in MANIFEST["files"]} and st.hashed is None and st.avail > 0
+    assert not modelstore.record_is_stale(st) and "no python3" in modelstore.check_summary(st, "record")
+
+
+def test_check_program_stands_alone():
+    """The fact's Python uses nothing of modelfetch.py outside its block (run isolated, from an empty folder)."""
+    r = subprocess.run([sys.executable, "-I", "-c", modelstore.check_program(), "/nonexistent/a", "/nonexistent/b",
+                        "record", "d"], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0 and r.stdout == "" and not r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-I", "-c", modelstore.check_program(), "x"], capture_output=True, text=True)
+    assert r.returncode == 2 and "usage" in r.stderr
