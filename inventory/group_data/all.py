@@ -51,7 +51,7 @@ unknown `mineru_*` key stops the deploy with the closest known name.
 # vLLM --port of the first server; server i listens on port + i.
 # mineru_port = 30000
 
-# vLLM --served-model-name; unset: the model path.
+# vLLM --served-model-name; unset: the model id (one name across revisions, so a fleet in the middle of a model rollout answers every client).
 # mineru_served_model_name = None
 
 # VLLM_CPU_KVCACHE_SPACE on CPU hosts (GiB of KV cache).

@@ -151,7 +151,10 @@ class Settings(BaseModel):
         default_factory=list, description="Load balancers (IP or CIDR) in front of the servers: allowed like mineru_client_networks."
     )
     port: int = Field(30000, description="vLLM --port of the first server; server i listens on port + i.")
-    served_model_name: str | None = Field(None, description="vLLM --served-model-name; unset: the model path.")
+    served_model_name: str | None = Field(
+        None, description="vLLM --served-model-name; unset: the model id (one name across revisions, so a fleet in the "
+        "middle of a model rollout answers every client).",
+    )
     cpu_kvcache_space_gib: int = Field(1, ge=1, le=1 << 14, description="VLLM_CPU_KVCACHE_SPACE on CPU hosts (GiB of KV cache).")
     extra_args: list[str] = Field(default_factory=list, description="Extra mineru-vllm-server arguments, appended as is.")
     extra_env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the server.")
