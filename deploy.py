@@ -8,7 +8,8 @@ host is changed (an error on one host stops the whole run).
 
 from roles.model import model
 from roles.preflight import host_settings, preflight
-from roles.runtime import runtime
+from roles.record import record
+from roles.runtime import release_of, runtime
 from roles.service import service
 from roles.verify import verify
 
@@ -18,3 +19,4 @@ runtime_changes = runtime(plan, settings)
 model_changes = model(plan, settings)
 started = service(plan, settings, restart_triggers=runtime_changes + model_changes)
 verify(plan, settings, started)
+record(plan, settings, release_of(plan, settings))
