@@ -42,6 +42,11 @@ def load_inventory(inventory_arg: str) -> list[tuple[str, dict[str, Any]]]:
     pyinfra's own CLI loads it (``pyinfra --json INVENTORY debug-inventory``: group_data, host data
     and all), so inventories behave exactly as they do for ``pyinfra INVENTORY deploy.py``.
     """
+    return [(h["name"], h["data"]) for h in load_inventory_hosts(inventory_arg)]
+
+
+def load_inventory_hosts(inventory_arg: str) -> list[dict[str, Any]]:
+    """Like ``load_inventory``, with the groups: ``[{"name", "groups", "data"}]``."""
     if inventory_arg.endswith(".py") and not os.path.isfile(inventory_arg):
         raise GatherError(f"no inventory file {inventory_arg!r} (give an inventory file, a host name or @local)")
     cmd = [sys.executable, "-m", "pyinfra", "--json", inventory_arg, "debug-inventory"]
@@ -55,7 +60,7 @@ def load_inventory(inventory_arg: str) -> list[tuple[str, dict[str, Any]]]:
         raise GatherError(f"cannot load inventory {inventory_arg!r}: {' '.join(why[-3:]) or 'pyinfra printed nothing'}")
     if not hosts:
         raise GatherError(f"inventory {inventory_arg!r} names no host")
-    return [(h["name"], dict(h.get("data") or {})) for h in hosts]
+    return [{"name": h["name"], "groups": list(h.get("groups") or []), "data": dict(h.get("data") or {})} for h in hosts]
 
 
 def host_user(data: dict[str, Any]) -> str:
