@@ -39,7 +39,7 @@ class BalancerAPIError(RuntimeError):
 
 def balancer_entries(hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The inventory's hosts (``load_inventory_hosts``) that run HAProxy (``haproxy.roles_of``)."""
-    counts = Counter(g for h in hosts for g in set(h["groups"]))
+    counts = Counter(g for h in hosts for g in set(h["groups"]))  # a group of every host says nothing (gather.serving_hosts)
     universal = {g for g, c in counts.items() if c == len(hosts)}
     return [h for h in hosts if haproxy.roles_of(h["groups"], universal)[1]]
 

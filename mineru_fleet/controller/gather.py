@@ -63,6 +63,17 @@ def load_inventory_hosts(inventory_arg: str) -> list[dict[str, Any]]:
     return [{"name": h["name"], "groups": list(h.get("groups") or []), "data": dict(h.get("data") or {})} for h in hosts]
 
 
+def serving_hosts(hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The hosts (``load_inventory_hosts``) that serve: all but those only in the group ``balancers``."""
+    from collections import Counter
+
+    from mineru_fleet.core.haproxy import roles_of
+
+    counts = Counter(g for h in hosts for g in set(h["groups"]))
+    universal = {g for g, c in counts.items() if c == len(hosts)}
+    return [h for h in hosts if roles_of(h["groups"], universal)[0]]
+
+
 def host_user(data: dict[str, Any]) -> str:
     """The service account whose existing entry the preflight reads (a name load_settings accepts, else the default)."""
     from mineru_fleet.core.settings import USER_NAME
@@ -79,7 +90,9 @@ def _for_each_host(inventory_arg: str, override_data: dict[str, Any] | None, col
     from pyinfra.api.connect import connect_all
     from pyinfra.api.exceptions import PyinfraError
 
-    hosts = [(name, {**data, **(override_data or {})}) for name, data in load_inventory(inventory_arg)]
+    hosts = [(h["name"], {**h["data"], **(override_data or {})}) for h in serving_hosts(load_inventory_hosts(inventory_arg))]
+    if not hosts:
+        raise GatherError(f"inventory {inventory_arg!r} has only balancer hosts (group balancers): no server to plan")
     inventory = Inventory((hosts, {}))
     state = State(inventory, Config(), check_for_changes=False)
     try:

@@ -204,3 +204,14 @@ def test_with_balancers_only_when_the_allow_list_is_on():
     assert haproxy.with_balancers(s, ["192.168.254.250", "2001:db8::1"]).balancers == ["192.168.254.250/32", "2001:db8::1/128"]
     covered = load_settings({"mineru_client_networks": ["10.0.0.0/8"], "mineru_balancers": ["192.0.2.7"]}, "h")
     assert haproxy.with_balancers(covered, ["10.1.2.3", "192.0.2.7"]) is covered
+
+
+def test_plan_and_diagnose_gather_only_the_serving_hosts():
+    from mineru_fleet.controller.gather import serving_hosts
+
+    hosts = [
+        {"name": "10.0.0.1", "groups": ["sandbox"], "data": {}},
+        {"name": "10.0.0.9", "groups": ["balancers"], "data": {}},
+        {"name": "10.0.0.8", "groups": ["balancers", "gpu"], "data": {}},
+    ]
+    assert [h["name"] for h in serving_hosts(hosts)] == ["10.0.0.1", "10.0.0.8"]
