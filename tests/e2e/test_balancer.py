@@ -31,6 +31,7 @@ UNIT = "mineru-vllm@0"
 INVENTORY = quickstart.INVENTORY
 PORT = 8000  # mineru_balancer_port's default
 FIGURES: dict = {}
+RESULTS = quickstart.REPO / "bench" / "results" / "balancer.json"
 N_HOSTS = int(os.environ.get("MINERU_FLEET_E2E_HOSTS", "2"))  # as tests/e2e/conftest.py
 
 
@@ -111,8 +112,11 @@ def fleet(hosts) -> Fleet:
     try:
         yield Fleet(bal, serving)
     finally:
-        out = FIGURES and json.dumps(FIGURES, indent=1)
-        print(f"\nbalancer e2e figures: {out}")
+        if FIGURES:
+            print(f"\nbalancer e2e figures: {json.dumps(FIGURES, indent=1)}")
+            data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+            RESULTS.parent.mkdir(exist_ok=True)
+            RESULTS.write_text(json.dumps({**data, **FIGURES}, indent=1, sort_keys=True) + "\n")
         if not os.environ.get("MINERU_FLEET_KEEP_SANDBOX"):
             sandbox.stop_balancer()
             run_deploy(INVENTORY)
