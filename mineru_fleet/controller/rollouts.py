@@ -619,6 +619,9 @@ class Runner:
 
 def main(opts: Options, resume: bool = False, rollback: bool = False, dry_run: bool = False) -> int:
     """Run (or resume, or roll back) a rollout; the exit code."""
+    from mineru_fleet.controller.balancer import BalancerAPIError
+    from mineru_fleet.controller.gather import GatherError
+
     runner = Runner(opts)
     try:
         R.Options(canary=R.parse_canary(opts.canary), batch=opts.batch, max_fail=opts.max_fail)  # the flags, before any host
@@ -637,6 +640,6 @@ def main(opts: Options, resume: bool = False, rollback: bool = False, dry_run: b
                 return runner.start()
             finally:
                 runner.lb.close()
-    except (RolloutRunError, R.StateError, R.FlagError, R.RolloutError, ValueError, OSError) as e:
+    except (RolloutRunError, GatherError, BalancerAPIError, R.StateError, R.FlagError, R.RolloutError, ValueError, OSError) as e:
         print(f"mineru-fleet rollout: error: {e}", file=sys.stderr)
         return 2

@@ -22,20 +22,18 @@ refused (this is a load generator; it never points at a real fleet by mistake).
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import ipaddress
 import json
 import math
-import struct
 import sys
 import threading
 import time
 import urllib.parse
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
+from mineru_fleet.onhost.ready import image_chat_body, page_png  # noqa: F401  (page_png: re-exported)
 from mineru_fleet.sandbox.config import default_config
 
 
@@ -56,24 +54,6 @@ def sandbox_url(url: str) -> tuple[str, int]:
     if not (ip.is_loopback or ip in net):
         raise LoadGenError(f"{url!r}: {ip} is neither loopback nor a sandbox address ({net}): the load generator is sandbox-only")
     return u.hostname, u.port or 80
-
-
-def page_png(width: int = 128, height: int = 96) -> bytes:
-    """A small RGB PNG that looks like a page: a dark title bar and lines of 'text' on white."""
-    def px(x: int, y: int) -> bytes:
-        if 8 <= y < 18 and 10 <= x < 90:
-            return b"\x20\x20\x20"
-        if y >= 28 and (y - 28) % 10 < 4 and 10 <= x < width - 10 - (y * 7) % 30:
-            return b"\x50\x50\x50"
-        return b"\xff\xff\xff"
-
-    rows = b"".join(b"\x00" + b"".join(px(x, y) for x in range(width)) for y in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def served_model(url: str, timeout: float = 30) -> str:
@@ -97,15 +77,9 @@ def served_model(url: str, timeout: float = 30) -> str:
 
 
 def chat_body(model: str, max_tokens: int = 8) -> bytes:
-    """The request: one page image and a prompt, greedy, a few tokens (the tiny model's answer is noise)."""
-    image = "data:image/png;base64," + base64.b64encode(page_png()).decode()
-    return json.dumps({
-        "model": model, "max_tokens": max_tokens, "temperature": 0,
-        "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": image}},
-            {"type": "text", "text": "Text Recognition:"},
-        ]}],
-    }).encode()
+    """The request: one page image and a prompt, greedy, a few tokens (the tiny model's answer is noise); the same
+    request the rollout's gate sends (``onhost/ready.image_chat_body``)."""
+    return json.dumps(image_chat_body(model, max_tokens)).encode()
 
 
 def percentile(values: list[float], p: float) -> float | None:
