@@ -81,6 +81,13 @@ def until(what: str, cond: Callable[[], object], timeout: float, interval: float
         time.sleep(interval)
 
 
+def cli(*args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "mineru_fleet.cli", *args], cwd=quickstart.REPO, capture_output=True,
+                       text=True, timeout=1200)
+    assert r.returncode == 0, f"mineru-fleet {' '.join(args)}: {r.stdout}{r.stderr}"
+    return r.stdout
+
+
 def haproxy_pids(bal: sandbox.SandboxHost) -> tuple[int, list[int]]:
     """(the unit's MainPID = the master, its worker processes)."""
     master = int(sh(bal, "systemctl show -p MainPID --value haproxy.service"))
@@ -200,8 +207,9 @@ def test_drain_restart_ready_under_load_fails_no_request(fleet, lb):
     try:
         until("load flowing", lambda: gen.snapshot().ok >= 4, 300)
         t = time.monotonic()
-        lb.set_state(s, "drain")
-        rows = lb.wait_until(s, lambda r: r.idle and r.balancer is Balancer.DRAIN, timeout=600)
+        # the operator's commands: `mineru-fleet drain` returns once the balancer and vLLM say it is idle
+        cli("drain", f"{target.ip}:0", "-i", str(INVENTORY), "--wait", "600")
+        rows = lb.wait_until(s, lambda r: r.idle and r.balancer is Balancer.DRAIN, timeout=5)
         FIGURES["d_drained_s"] = round(time.monotonic() - t, 1)
         drained_stot = rows[fleet.balancer.ip].stot
 
@@ -217,8 +225,8 @@ def test_drain_restart_ready_under_load_fails_no_request(fleet, lb):
         assert row.balancer is not Balancer.UP and row.stot == drained_stot, row
 
         t = time.monotonic()
-        lb.set_state(s, "ready")
-        rows = lb.wait_until(s, lambda r: r.balancer is Balancer.UP, timeout=120)
+        cli("enable", f"{target.ip}:0", "-i", str(INVENTORY), "--wait", "120")  # returns once HAProxy sees it UP
+        rows = lb.wait_until(s, lambda r: r.balancer is Balancer.UP, timeout=5)
         FIGURES["d_up_again_s"] = round(time.monotonic() - t, 1)
         stot = rows[fleet.balancer.ip].stot
         until("the restarted server takes requests again", lambda: lb.server_rows(s)[fleet.balancer.ip].stot > stot, 300)

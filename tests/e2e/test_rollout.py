@@ -92,7 +92,7 @@ def test_1_revision_and_setting_rolled_under_load_fail_no_request(fleet, tmp_pat
     gen = loadgen.LoadGen(fleet["url"], requests=10**6, time_limit=3600, concurrency=2).start()
     try:
         t0 = time.monotonic()
-        r = rollout(*TARGET_B, "--canary", "1", "--batch", "1", *FAST, state=state)
+        r = rollout(*TARGET_B, "--canary", "1", "--batch", "2", *FAST, state=state)  # batch sizes 1 (canary) and 2
         took = time.monotonic() - t0
     finally:
         load = gen.stop(timeout=900)
@@ -108,9 +108,17 @@ def test_1_revision_and_setting_rolled_under_load_fail_no_request(fleet, tmp_pat
         assert sh(ip, f"test -f /var/lib/mineru-fleet/models/{quickstart.HUB_MODEL_ID}/{quickstart.HUB_REVISION}/config.json"
                       " && echo kept") == "kept"
     assert set(balancer_states(ips).values()) == {Balancer.UP}
-    _record("1-revision-and-setting", {"hosts": len(ips), "batch": "canary 1, then 1", "wall_s": round(took, 1),
-                                       "servers_per_min": round(len(ips) / took * 60, 2), "load": load.as_dict(),
-                                       "phase_seconds": phase_seconds(st)})
+    batches = {}
+    for s in st.servers:  # wall time of each batch: from its first drain to its last server done
+        t = [at for _, at in s.history]
+        b = batches.setdefault(s.batch, {"servers": 0, "start": t[0], "end": t[-1]})
+        b["servers"] += 1
+        b["start"], b["end"] = min(b["start"], t[0]), max(b["end"], t[-1])
+    per_batch = {str(i): {"servers": b["servers"], "wall_s": round(b["end"] - b["start"], 1),
+                          "servers_per_min": round(b["servers"] / (b["end"] - b["start"]) * 60, 2)} for i, b in batches.items()}
+    _record("1-revision-and-setting", {"hosts": len(ips), "batch": "canary 1, then 2", "wall_s": round(took, 1),
+                                       "servers_per_min": round(len(ips) / took * 60, 2), "batches": per_batch,
+                                       "load": load.as_dict(), "phase_seconds": phase_seconds(st)})
 
 
 def test_2_bad_canary_stops_rolls_back_and_leaves_the_rest_untouched(fleet, tmp_path):
