@@ -118,7 +118,14 @@ def text(rows: list[Row], notes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _quiet_pyinfra() -> None:
+    import logging
+
+    logging.getLogger("pyinfra").setLevel(logging.ERROR)  # its per-connection host-key notes are noise here
+
+
 def cmd_status(inventory: str, as_json: bool, out: TextIO = sys.stdout) -> int:
+    _quiet_pyinfra()
     try:
         rows, notes = collect(inventory)
     except Exception as e:  # noqa: BLE001 - an inventory that cannot be read: a message
@@ -135,6 +142,7 @@ def cmd_drain_enable(inventory: str, target: str, enable: bool, wait_s: float, o
     """Drain one server and wait until it is idle (balancer and vLLM), or put it back and wait until UP."""
     from mineru_fleet.controller import balancer
 
+    _quiet_pyinfra()
     try:
         server = Server.parse(target)
         hosts = {h.name: h for h in rollouts.discover(inventory)}

@@ -401,16 +401,28 @@ class Runner:
                 raise RolloutRunError(f"{s}: gate failed: {msg}")
 
     def diagnose(self, host: str) -> str:
-        """``mineru-fleet diagnose`` findings for the host's server after a failed start (best effort)."""
-        r = subprocess.run([sys.executable, "-m", "mineru_fleet.cli", "diagnose", "--host", self.o.inventory],
-                           cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
-        lines, keep = [], False
-        for line in r.stdout.splitlines():
-            if line.startswith(("== ", "# ", "host ")) or (line and not line.startswith(" ") and ":" in line[:60] and "mineru-vllm" in line):
-                keep = host in line
-            if keep:
-                lines.append(line)
-        return "\n".join(lines[:30]) or r.stdout[-1500:]
+        """``mineru-fleet diagnose`` findings of each of the host's servers after a failed start (its journal since
+        the unit's last start, read through pyinfra), one line each; best effort."""
+        from mineru_fleet.controller.gather import gather_journals
+        from mineru_fleet.core import diagnose as dg
+        from mineru_fleet.core.diagnose import clean
+
+        lines = []
+        for srv in self.hosts[host].servers():
+            try:
+                g = gather_journals(self.o.inventory, f"mineru-vllm@{srv.instance}").get(host)
+                d = dg.parse_log((g.files or {}).get("journal", "")) if g and not g.error else None
+            except Exception as e:  # noqa: BLE001 - the rollout's own message must not be lost to a diagnose problem
+                lines.append(f"{srv}: journal not read ({type(e).__name__}: {e})")
+                continue
+            if d is None:
+                lines.append(f"{srv}: journal not read ({g.error if g else 'no such host'})")
+                continue
+            for f in d.findings:
+                if f.severity in ("error", "warning"):
+                    ev = f" [{clean(f.evidence.text)[:160]}]" if getattr(f, "evidence", None) and getattr(f.evidence, "text", "") else ""
+                    lines.append(f"{srv} {f.severity} {f.code}: {clean(f.message)}{ev}" + (f" -- fix: {clean(f.fix)}" if f.fix else ""))
+        return "\n".join(lines) or "no finding in the journal"
 
     # -- one server (a host unit) through the forward path ------------------------------------------
     def forward(self, server: Server) -> None:
@@ -622,6 +634,9 @@ def main(opts: Options, resume: bool = False, rollback: bool = False, dry_run: b
     from mineru_fleet.controller.balancer import BalancerAPIError
     from mineru_fleet.controller.gather import GatherError
 
+    import logging
+
+    logging.getLogger("pyinfra").setLevel(logging.ERROR)  # its per-connection host-key notes are noise here
     runner = Runner(opts)
     try:
         R.Options(canary=R.parse_canary(opts.canary), batch=opts.batch, max_fail=opts.max_fail)  # the flags, before any host

@@ -89,7 +89,7 @@ def fleet(hosts):
 def test_1_revision_and_setting_rolled_under_load_fail_no_request(fleet, tmp_path):
     ips = fleet["ips"]
     state = tmp_path / "r1.json"
-    gen = loadgen.LoadGen(fleet["url"], requests=10**6, time_limit=3600, concurrency=2).start()
+    gen = loadgen.LoadGen(fleet["url"], requests=10**6, time_limit=3600, concurrency=1).start()
     try:
         t0 = time.monotonic()
         r = rollout(*TARGET_B, "--canary", "1", "--batch", "2", *FAST, state=state)  # batch sizes 1 (canary) and 2
@@ -125,7 +125,7 @@ def test_2_bad_canary_stops_rolls_back_and_leaves_the_rest_untouched(fleet, tmp_
     ips = fleet["ips"]
     state = tmp_path / "r2.json"
     before = snapshot(ips)
-    gen = loadgen.LoadGen(fleet["url"], requests=10**6, time_limit=3600, concurrency=2).start()
+    gen = loadgen.LoadGen(fleet["url"], requests=10**6, time_limit=3600, concurrency=1).start()
     try:
         r = rollout(*TARGET_B, "--data", 'mineru_extra_args=["--no-such-flag-bad-canary"]', "--canary", "1", *FAST,
                     state=state)
@@ -203,7 +203,7 @@ def test_4_killed_controller_resume_then_rollback(fleet, tmp_path):
     state = tmp_path / "r4.json"
     before = snapshot(ips)
     target_c = [*TARGET_B[:-1], "mineru_max_num_seqs=12"]
-    gen = loadgen.LoadGen(fleet["url"], requests=10**6, time_limit=5400, concurrency=2).start()
+    gen = loadgen.LoadGen(fleet["url"], requests=10**6, time_limit=5400, concurrency=1).start()
     try:
         proc = subprocess.Popen([sys.executable, "-m", "mineru_fleet.cli", "rollout", INVENTORY, "--state-file", str(state),
                                  *target_c, "--canary", "1", "--batch", "2", *FAST], cwd=quickstart.REPO,
@@ -248,7 +248,7 @@ def test_4_killed_controller_resume_then_rollback(fleet, tmp_path):
 def test_5_6_plain_stop_under_load_is_counted_and_status_shows_it(fleet):
     ips = fleet["ips"]
     victim = ips[-1]
-    gen = loadgen.LoadGen(fleet["url"], requests=10**6, time_limit=1800, concurrency=2).start()
+    gen = loadgen.LoadGen(fleet["url"], requests=10**6, time_limit=1800, concurrency=1).start()
     try:
         end = time.monotonic() + 300
         while gen.snapshot().ok < 4 and time.monotonic() < end:
