@@ -199,6 +199,31 @@ def test_removing_and_adding_back_a_host_reloads_haproxy_with_no_failed_request(
     assert new_workers and not set(new_workers) & set(workers)
 
 
+def test_a_reload_keeps_a_drained_server_drained(fleet, lb):
+    """The deploy saves the servers' runtime state before a reload; the new worker loads it, so a config
+    change in the middle of a drain does not put the server back in the rotation."""
+    s = server_of(fleet.servers[-1])
+    master, workers = haproxy_pids(fleet.balancer)
+    lb.set_state(s, "drain")
+    try:
+        got = changes(run_deploy(INVENTORY, "--limit", fleet.balancer.ip, "--data", "mineru_balancer_check_inter_ms=1500"))
+        assert got[fleet.balancer.ip][0] >= 2, got
+        assert "inter 1500ms" in sh(fleet.balancer, "cat /etc/haproxy/haproxy.cfg")
+
+        def answered_by_a_new_worker() -> bool:
+            pid = re.search(r"^Pid: (\d+)", lb.command("show info")[fleet.balancer.ip], re.M)
+            return bool(pid) and int(pid.group(1)) not in workers and int(pid.group(1)) in haproxy_pids(fleet.balancer)[1]
+
+        until("the runtime API answered by the new worker", answered_by_a_new_worker, 60)
+        assert haproxy_pids(fleet.balancer)[0] == master
+        row = lb.server_rows(s)[fleet.balancer.ip]
+        assert row.balancer is Balancer.DRAIN, row
+    finally:
+        run_deploy(INVENTORY, "--limit", fleet.balancer.ip)  # the inventory's own config again
+        lb.set_state(s, "ready")
+        lb.wait_until(s, lambda r: r.balancer is Balancer.UP, timeout=120)
+
+
 def test_drain_restart_ready_under_load_fails_no_request(fleet, lb):
     target = fleet.servers[0]
     s = server_of(target)
