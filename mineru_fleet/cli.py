@@ -343,6 +343,9 @@ def _fleetstatus():
 def cmd_rollout(args) -> int:
     from mineru_fleet.controller import rollouts
 
+    if args.data and (args.resume or args.rollback):
+        raise BadInput("--data goes with a new rollout only: --resume deploys the target recorded in the state file, "
+                       "--rollback the previous deployments")
     try:
         data = parse_data_args(args.data or [])
         load_settings(data, "--data")

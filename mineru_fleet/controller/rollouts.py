@@ -544,7 +544,7 @@ class Runner:
         views = view_hosts(self.o.inventory, list(self.hosts.values()))
         previous = {Server(h, 0): deployment_of(v, 0) for h, v in views.items() if v.reachable}
         rid = time.strftime("%Y%m%d-%H%M%S-") + hashlib.sha256(os.urandom(8)).hexdigest()[:6]
-        target = {"inventory": self.o.inventory, "data": {k: str(v) for k, v in self.o.data.items()}}
+        target = {"inventory": self.o.inventory, "data": dict(self.o.data)}  # --resume deploys exactly this again
         self.state = R.new_rollout(rid, target, fleet, opts, at=self.clock(), previous=previous)
         write_state(self.state_file, self.state)
         self.say(f"rollout {rid}: state in {self.state_file}")
@@ -641,7 +641,13 @@ def main(opts: Options, resume: bool = False, rollback: bool = False, dry_run: b
     try:
         R.Options(canary=R.parse_canary(opts.canary), batch=opts.batch, max_fail=opts.max_fail)  # the flags, before any host
         if resume or rollback:
-            read_state(runner.state_file)
+            st = read_state(runner.state_file)
+            recorded = st.target.get("inventory")
+            if recorded and os.path.abspath(recorded) != os.path.abspath(opts.inventory):
+                raise RolloutRunError(f"{runner.state_file} is a rollout of {recorded}, not {opts.inventory}: give that "
+                                      "inventory (or another --state-file)")
+            if resume:  # the target is the recorded one: the resumed hosts get the same deploy as the others
+                opts.data = dict(st.target.get("data") or {})
         if dry_run:
             runner.hosts = {h.name: h for h in discover(opts.inventory, opts.data)}
             return runner.start(dry_run=True)

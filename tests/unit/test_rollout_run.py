@@ -135,9 +135,30 @@ def test_restore_commands_quote_every_word():
     (["rollout", "nowhere.py", "--dry-run"], "nowhere.py"),
     (["rollout", "nowhere.py", "--resume", "--state-file", "/nonexistent/x.json"], "nothing to resume"),
     (["drain", "gpu-1:x", "-i", "nowhere.py"], "gpu-1:x"),
+    (["rollout", "inv.py", "--resume", "--data", "mineru_max_num_seqs=8"], "--data goes with a new rollout only"),
     (["status", "nowhere.py"], "nowhere.py"),
 ])
 def test_cli_refuses_bad_input_with_a_message(argv, needle):
     r = subprocess.run([sys.executable, "-m", "mineru_fleet.cli", *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_resume_deploys_the_recorded_target_of_the_recorded_inventory(tmp_path, monkeypatch):
+    """--resume takes the target (--data) from the state, and refuses a state of another inventory."""
+    st = R.new_rollout("r1", {"inventory": "inventory/a.py", "data": {"mineru_max_num_seqs": 12, "mineru_extra_args": ["--x"]}},
+                       ["h:0"], R.Options(canary=0), at=1.0)
+    f = tmp_path / "s.json"
+    rollouts.write_state(f, st)
+    assert R.from_json(f.read_text()).target["data"] == {"mineru_max_num_seqs": 12, "mineru_extra_args": ["--x"]}
+    seen = {}
+
+    def fake_prepare(self):  # stop before any host: what would the resume deploy?
+        seen["data"] = dict(self.o.data)
+        raise rollouts.RolloutRunError("stop here")
+
+    monkeypatch.setattr(rollouts.Runner, "prepare", fake_prepare)
+    opts = rollouts.Options("inventory/a.py", {}, state_file=f)
+    assert rollouts.main(opts, resume=True) == 2
+    assert seen["data"] == {"mineru_max_num_seqs": 12, "mineru_extra_args": ["--x"]}
+    assert rollouts.main(rollouts.Options("inventory/b.py", {}, state_file=f), resume=True) == 2
