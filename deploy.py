@@ -1,20 +1,29 @@
-"""Deploy MinerU behind vLLM on every host of an inventory.
+"""Deploy MinerU behind vLLM on every host of an inventory, and HAProxy on the group `balancers`.
 
     pyinfra inventory/production.py deploy.py
 
 Roles run in order; each is one function in roles/. The preflight plans every host before any
-host is changed (an error on one host stops the whole run).
+host is changed (an error on one host stops the whole run). A host only in the group `balancers`
+gets the balancer role only (no GPU checks, runtime, model or service); a host in `balancers` and
+another group gets both.
 """
 
+from roles.balancer import balancer
 from roles.model import model
-from roles.preflight import host_settings, preflight
-from roles.runtime import runtime
+from roles.preflight import host_roles, host_settings, preflight
+from roles.record import record
+from roles.runtime import release_of, runtime
 from roles.service import service
 from roles.verify import verify
 
-plan = preflight()
-settings = host_settings()
-runtime_changes = runtime(plan, settings)
-model_changes = model(plan, settings)
-started = service(plan, settings, restart_triggers=runtime_changes + model_changes)
-verify(plan, settings, started)
+serves, balances = host_roles()
+if serves:
+    plan = preflight()
+    settings = host_settings()
+    runtime_changes = runtime(plan, settings)
+    model_changes = model(plan, settings)
+    started = service(plan, settings, restart_triggers=runtime_changes + model_changes)
+    verify(plan, settings, started)
+    record(plan, settings, release_of(plan, settings))
+if balances:
+    balancer()

@@ -1,4 +1,4 @@
-"""``mineru-fleet``: what pyinfra is not — plan, diagnose (and, as they land, sandbox, rollout).
+"""``mineru-fleet``: what pyinfra is not — plan, diagnose, rollout, status, drain/enable, sandbox.
 
     mineru-fleet plan --facts examples/hosts/seed-2x2080ti --data tensor_parallel_size=2
     mineru-fleet plan --host inventory/production.py --save facts/
@@ -6,6 +6,10 @@
     mineru-fleet plan --facts DIR --calibrate server.log
     mineru-fleet diagnose --journal server.log [--facts DIR --data KEY=VALUE] [--json]
     mineru-fleet diagnose --host inventory/production.py [--unit mineru-vllm@0] [--json]
+    mineru-fleet rollout inventory/production.py --data model_revision=v2 --canary 1 --batch 1,25% [--dry-run|--resume|--rollback]
+    mineru-fleet status inventory/production.py [--json]
+    mineru-fleet drain gpu-3:0 -i inventory/production.py      (then systemctl restart mineru-vllm@0 there)
+    mineru-fleet enable gpu-3:0 -i inventory/production.py
     mineru-fleet sandbox up 1 | status | down
 """
 
@@ -299,10 +303,58 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--data", action="append", metavar="KEY=VALUE", help="an inventory variable for that plan (repeatable)")
     dg.add_argument("--model-dir", metavar="DIR", help="model folder for the plan's figures")
     dg.set_defaults(func=cmd_diagnose)
+    ro = sub.add_parser("rollout", help="roll the inventory's deploy over a serving fleet, batch by batch behind the balancer")
+    ro.add_argument("inventory", metavar="INVENTORY")
+    ro.add_argument("--data", action="append", metavar="KEY=VALUE", help="an inventory variable for this rollout (repeatable)")
+    ro.add_argument("--canary", default="1", metavar="N", help="hosts in the first batch, alone (default 1; 0: none)")
+    ro.add_argument("--batch", default="1", metavar="SIZES", help="batch sizes like Ansible's serial: 1,25%%,50%% (the last repeats)")
+    ro.add_argument("--max-fail", default="0", metavar="N|P%%", help="failed hosts a batch may have and still go on (default 0)")
+    ro.add_argument("--drain-timeout", type=float, default=600, metavar="S", help="seconds to wait for a drained server to go idle")
+    ro.add_argument("--soak", type=float, default=30, metavar="S", help="seconds a batch serves, watched, before the next one")
+    ro.add_argument("--state-file", metavar="FILE", help="where the rollout's state is kept (default under $XDG_STATE_HOME)")
+    mode = ro.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the order of the batches and stop")
+    mode.add_argument("--resume", action="store_true", help="finish the rollout a killed controller left")
+    mode.add_argument("--rollback", action="store_true", help="return every server that rollout touched to its previous deployment")
+    ro.set_defaults(func=cmd_rollout)
+    st = sub.add_parser("status", help="one row per server: systemd, release, revision, ready, balancer state, load")
+    st.add_argument("inventory", metavar="INVENTORY")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=lambda a: _fleetstatus().cmd_status(a.inventory, a.json))
+    for name, helptext in (("drain", "take a server out of the balancer and wait until it is idle"),
+                           ("enable", "put a drained server back into the balancer and wait until it is UP")):
+        d = sub.add_parser(name, help=helptext)
+        d.add_argument("server", metavar="HOST[:N]")
+        d.add_argument("-i", "--inventory", default="inventory/production.py", help="the fleet's inventory (default inventory/production.py)")
+        d.add_argument("--wait", type=float, default=600, metavar="S", help="seconds to wait (default 600)")
+        d.set_defaults(func=lambda a, enable=(name == "enable"): _fleetstatus().cmd_drain_enable(a.inventory, a.server, enable, a.wait))
     s = sub.add_parser("sandbox", help="throwaway systemd hosts on this machine (root): run | up [N] | status | down")
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(func=lambda a: _sandbox(a.rest))
     return ap
+
+
+def _fleetstatus():
+    from mineru_fleet.controller import fleetstatus
+
+    return fleetstatus
+
+
+def cmd_rollout(args) -> int:
+    from mineru_fleet.controller import rollouts
+
+    if args.data and (args.resume or args.rollback):
+        raise BadInput("--data goes with a new rollout only: --resume deploys the target recorded in the state file, "
+                       "--rollback the previous deployments")
+    try:
+        data = parse_data_args(args.data or [])
+        load_settings(data, "--data")
+    except SettingsError as e:
+        raise BadInput("; ".join(e.problems)) from None
+    opts = rollouts.Options(args.inventory, data, canary=args.canary, batch=args.batch, max_fail=args.max_fail,
+                            drain_timeout=args.drain_timeout, soak=args.soak,
+                            state_file=Path(args.state_file) if args.state_file else None)
+    return rollouts.main(opts, resume=args.resume, rollback=args.rollback, dry_run=args.dry_run)
 
 
 def _sandbox(rest: list[str]) -> int:

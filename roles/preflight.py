@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyinfra import host, logger
+from pyinfra import host, inventory, logger
+from pyinfra.api import Host
 from pyinfra.api.exceptions import PyinfraError
+from pyinfra.facts.hardware import Ipv4Addrs, Ipv6Addrs
 
-from mineru_fleet.core import modelinfo
+from mineru_fleet.core import haproxy, modelinfo
 from mineru_fleet.controller import modelstore
 from mineru_fleet.controller.gather import host_paths
 from mineru_fleet.core.hostfacts import FactsError, build_host_facts
@@ -31,12 +33,35 @@ class PreflightError(PyinfraError):
     """A host cannot be deployed as its inventory asks; the message says why and how to fix it."""
 
 
-def host_settings() -> Settings:
-    """This host's validated inventory data."""
+def host_settings(h: Host | None = None) -> Settings:
+    """The validated inventory data of ``h`` (default: this host)."""
+    h = host if h is None else h
     try:
-        return load_settings(host.data.dict(), host.name)
+        return load_settings(h.data.dict(), h.name)
     except SettingsError as e:
-        raise PreflightError(f"{host.name}: bad inventory data:\n" + "\n".join(f"  {p}" for p in e.problems)) from None
+        raise PreflightError(f"{h.name}: bad inventory data:\n" + "\n".join(f"  {p}" for p in e.problems)) from None
+
+
+def universal_groups() -> set[str]:
+    """Groups that hold every host of the inventory (pyinfra's group named after the inventory file):
+    they say nothing about what a host does."""
+    n = len(list(inventory))
+    return {g for g in inventory.groups if len(inventory.get_group(g, [])) == n}
+
+
+def host_roles(h: Host | None = None) -> tuple[bool, bool]:
+    """``(serves, balances)`` of ``h`` (default: this host), from its inventory groups (``haproxy.roles_of``)."""
+    return haproxy.roles_of((host if h is None else h).groups, universal_groups())
+
+
+def balancer_addresses() -> list[str]:
+    """The addresses of the inventory's balancer hosts (their facts), for the servers' allow-list."""
+    out: list[str] = []
+    for b in inventory.get_group(haproxy.GROUP, []):
+        for a in haproxy.host_addresses(b.get_fact(Ipv4Addrs), b.get_fact(Ipv6Addrs)):
+            if a not in out:
+                out.append(a)
+    return out
 
 
 def model_facts(settings: Settings, folder: Path | None = None, manifest: dict | None = None) -> modelinfo.ModelFacts:
@@ -47,7 +72,7 @@ def model_facts(settings: Settings, folder: Path | None = None, manifest: dict |
     return modelinfo.with_manifest_weights(modelinfo.builtin_profile(settings.model_id), manifest)
 
 
-def resolve_model(settings: Settings) -> modelstore.Prepared:
+def resolve_model(settings: Settings, name: str | None = None) -> modelstore.Prepared:
     """The model on the hub at the pinned revision: its file list (the controller fetches the files
     when the run executes, see roles/model.py; a ``--dry`` run fetches nothing).
 
@@ -56,26 +81,34 @@ def resolve_model(settings: Settings) -> modelstore.Prepared:
     try:
         return modelstore.prepare(settings)
     except modelstore.ModelStoreError as e:
-        raise PreflightError(f"{host.name}: model {settings.model_id}@{settings.model_revision}: {e}") from None
+        raise PreflightError(f"{name or host.name}: model {settings.model_id}@{settings.model_revision}: {e}") from None
 
 
 def preflight(show: bool = True) -> Plan:
     """Gather this host's facts and return its plan; raise ``PreflightError`` if it cannot be served."""
-    settings = host_settings()
     if show:
         for w in inventory_warnings(host.data.dict()):
             logger.warning(f"{host.name}: warning: {w}")
-    prepared = resolve_model(settings)
-    files = host.get_fact(PreflightFiles, paths=host_paths(host.data.dict()), user=settings.service_user)
+    return plan_host(host, show=show)
+
+
+def plan_host(h: Host, show: bool = False) -> Plan:
+    """The plan of the serving host ``h`` from its facts (``h`` may be another host of the inventory:
+    the balancer role plans every serving host). The addresses of the inventory's balancers join the
+    servers' allow-list when it is on (``haproxy.with_balancers``)."""
+    settings = host_settings(h)
+    prepared = resolve_model(settings, h.name)
+    files = h.get_fact(PreflightFiles, paths=host_paths(h.data.dict()), user=settings.service_user)
     try:
-        facts = build_host_facts(host.name, files or {})
-        p = plan(facts, settings, model_facts(settings, prepared.folder, prepared.manifest))
+        facts = build_host_facts(h.name, files or {})
+        s = haproxy.with_balancers(settings, balancer_addresses())
+        p = plan(facts, s, model_facts(settings, prepared.folder, prepared.manifest))
         p.warnings.extend(modelstore.revision_findings(settings, prepared.manifest))
         release_lock(p.profile, settings.runtime_lock)
     except LockFileError as e:
         raise PreflightError(f"{host.name}: {e}") from None
     except FactsError as e:
-        raise PreflightError(f"{host.name}: could not read the host's facts: {e}") from None
+        raise PreflightError(f"{h.name}: could not read the host's facts: {e}") from None
     except PlanError as e:
         raise PreflightError(errors_text(e)) from None
     if show:

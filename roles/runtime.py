@@ -85,6 +85,11 @@ def release_steps(plan: Plan, settings: Settings, rel: str) -> str:
     return f"flock -w 3600 {q(rel + '/.install.lock')} sh -c {q(f'test -f {marker} || {{ {steps}; }}')}"
 
 
+def release_of(plan: Plan, settings: Settings) -> str:
+    """The release id this host's plan installs (``<profile>-<lock digest>``)."""
+    return release_id(plan.profile, release_lock(plan.profile, settings.runtime_lock))
+
+
 @deploy("Runtime")
 def runtime(plan: Plan, settings: Settings) -> list:
     """Install the release of this plan's profile; returns the operations whose change means "restart"."""

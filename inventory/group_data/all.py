@@ -51,7 +51,7 @@ unknown `mineru_*` key stops the deploy with the closest known name.
 # vLLM --port of the first server; server i listens on port + i.
 # mineru_port = 30000
 
-# vLLM --served-model-name; unset: the model path.
+# vLLM --served-model-name; unset: the model id (one name across revisions, so a fleet in the middle of a model rollout answers every client).
 # mineru_served_model_name = None
 
 # VLLM_CPU_KVCACHE_SPACE on CPU hosts (GiB of KV cache).
@@ -128,3 +128,33 @@ unknown `mineru_*` key stops the deploy with the closest known name.
 
 # Pinned requirements file (on the controller, every pin with --hash) the release is installed from; unset: the project's locks/<profile>.txt. Another lock is another release folder; set it back to roll back.
 # mineru_runtime_lock = None
+
+# Balancer hosts: address HAProxy listens on for clients (IP, or :: for all).
+# mineru_balancer_bind = '0.0.0.0'
+
+# Balancer hosts: port HAProxy listens on; requests go to every planned server (leastconn).
+# mineru_balancer_port = 8000
+
+# Balancer: HAProxy `timeout server`, the longest a server may stay silent on a request (a MinerU page takes seconds to minutes).
+# mineru_balancer_server_timeout_s = 600
+
+# Balancer: HAProxy `timeout client` (a client waiting for a long page is silent meanwhile).
+# mineru_balancer_client_timeout_s = 600
+
+# Balancer: HAProxy `timeout connect` to a server.
+# mineru_balancer_connect_timeout_s = 5
+
+# Balancer: milliseconds between two health checks (GET /health) of a server (`inter`).
+# mineru_balancer_check_inter_ms = 2000
+
+# Balancer: failed checks in a row that take a server out (`fall`).
+# mineru_balancer_check_fall = 3
+
+# Balancer: good checks in a row that put a server back (`rise`).
+# mineru_balancer_check_rise = 2
+
+# Balancer: requests sent to one server at once (`maxconn`; more wait in HAProxy's queue); unset: no limit, vLLM queues them itself.
+# mineru_balancer_server_maxconn = None
+
+# Serving hosts: the address the balancers reach this host's servers at (IP or DNS name); unset: the inventory's ssh_hostname, else the host's inventory name.
+# mineru_balancer_backend_address = None

@@ -42,6 +42,11 @@ def load_inventory(inventory_arg: str) -> list[tuple[str, dict[str, Any]]]:
     pyinfra's own CLI loads it (``pyinfra --json INVENTORY debug-inventory``: group_data, host data
     and all), so inventories behave exactly as they do for ``pyinfra INVENTORY deploy.py``.
     """
+    return [(h["name"], h["data"]) for h in load_inventory_hosts(inventory_arg)]
+
+
+def load_inventory_hosts(inventory_arg: str) -> list[dict[str, Any]]:
+    """Like ``load_inventory``, with the groups: ``[{"name", "groups", "data"}]``."""
     if inventory_arg.endswith(".py") and not os.path.isfile(inventory_arg):
         raise GatherError(f"no inventory file {inventory_arg!r} (give an inventory file, a host name or @local)")
     cmd = [sys.executable, "-m", "pyinfra", "--json", inventory_arg, "debug-inventory"]
@@ -55,7 +60,18 @@ def load_inventory(inventory_arg: str) -> list[tuple[str, dict[str, Any]]]:
         raise GatherError(f"cannot load inventory {inventory_arg!r}: {' '.join(why[-3:]) or 'pyinfra printed nothing'}")
     if not hosts:
         raise GatherError(f"inventory {inventory_arg!r} names no host")
-    return [(h["name"], dict(h.get("data") or {})) for h in hosts]
+    return [{"name": h["name"], "groups": list(h.get("groups") or []), "data": dict(h.get("data") or {})} for h in hosts]
+
+
+def serving_hosts(hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The hosts (``load_inventory_hosts``) that serve: all but those only in the group ``balancers``."""
+    from collections import Counter
+
+    from mineru_fleet.core.haproxy import roles_of
+
+    counts = Counter(g for h in hosts for g in set(h["groups"]))
+    universal = {g for g, c in counts.items() if c == len(hosts)}
+    return [h for h in hosts if roles_of(h["groups"], universal)[0]]
 
 
 def host_user(data: dict[str, Any]) -> str:
@@ -74,7 +90,9 @@ def _for_each_host(inventory_arg: str, override_data: dict[str, Any] | None, col
     from pyinfra.api.connect import connect_all
     from pyinfra.api.exceptions import PyinfraError
 
-    hosts = [(name, {**data, **(override_data or {})}) for name, data in load_inventory(inventory_arg)]
+    hosts = [(h["name"], {**h["data"], **(override_data or {})}) for h in serving_hosts(load_inventory_hosts(inventory_arg))]
+    if not hosts:
+        raise GatherError(f"inventory {inventory_arg!r} has only balancer hosts (group balancers): no server to plan")
     inventory = Inventory((hosts, {}))
     state = State(inventory, Config(), check_for_changes=False)
     try:

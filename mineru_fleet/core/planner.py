@@ -610,8 +610,9 @@ def _common_args(
         args += ["--max-model-len", str(max_len_arg)]
     if s.max_num_seqs:
         args += ["--max-num-seqs", str(s.max_num_seqs)]
-    if s.served_model_name:
-        args += ["--served-model-name", s.served_model_name]
+    # one name for every revision (the model id by default): a fleet in the middle of a model rollout serves
+    # two revisions under the same name, so no client gets a 404 for asking the "other" one
+    args += ["--served-model-name", s.served_model_name or s.model_id]
     if s.enforce_eager:
         args += ["--enforce-eager"]
     return args

@@ -393,9 +393,11 @@ class Deployment:
     model_revision: str
     env_digest: str  # digest of /etc/mineru-fleet/mineru-vllm@N.env
     unit_digest: str  # digest of the mineru-vllm@.service unit
+    record: str = ""  # the host's deployment record id (<state_dir>/deployments/<id>/): what a rollback restores
 
     def to_dict(self) -> dict[str, str]:
-        return {"release": self.release, "model_revision": self.model_revision, "env_digest": self.env_digest, "unit_digest": self.unit_digest}
+        return {"release": self.release, "model_revision": self.model_revision, "env_digest": self.env_digest,
+                "unit_digest": self.unit_digest, "record": self.record}
 
 
 @dataclass(frozen=True)
@@ -764,7 +766,9 @@ class _Reader:
         if d is None:
             return None
         place = f"{where}.{key}"
-        return Deployment(*(self.get(d, k, str, place) for k in ("release", "model_revision", "env_digest", "unit_digest")))
+        record = self.get(d, "record", str, place) if "record" in d else ""
+        return Deployment(*(self.get(d, k, str, place) for k in ("release", "model_revision", "env_digest", "unit_digest")),
+                          record=record)
 
 
 def _type_names(types: type | tuple[type, ...]) -> str:

@@ -151,7 +151,10 @@ class Settings(BaseModel):
         default_factory=list, description="Load balancers (IP or CIDR) in front of the servers: allowed like mineru_client_networks."
     )
     port: int = Field(30000, description="vLLM --port of the first server; server i listens on port + i.")
-    served_model_name: str | None = Field(None, description="vLLM --served-model-name; unset: the model path.")
+    served_model_name: str | None = Field(
+        None, description="vLLM --served-model-name; unset: the model id (one name across revisions, so a fleet in the "
+        "middle of a model rollout answers every client).",
+    )
     cpu_kvcache_space_gib: int = Field(1, ge=1, le=1 << 14, description="VLLM_CPU_KVCACHE_SPACE on CPU hosts (GiB of KV cache).")
     extra_args: list[str] = Field(default_factory=list, description="Extra mineru-vllm-server arguments, appended as is.")
     extra_env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the server.")
@@ -215,6 +218,30 @@ class Settings(BaseModel):
     runtime_lock: str | None = Field(
         None, description="Pinned requirements file (on the controller, every pin with --hash) the release is installed from; "
         "unset: the project's locks/<profile>.txt. Another lock is another release folder; set it back to roll back.",
+    )
+    # --- balancer (HAProxy on the hosts of the inventory group `balancers`, roles/balancer.py) ---
+    balancer_bind: str = Field("0.0.0.0", description="Balancer hosts: address HAProxy listens on for clients (IP, or :: for all).")
+    balancer_port: int = Field(8000, description="Balancer hosts: port HAProxy listens on; requests go to every planned server (leastconn).")
+    balancer_server_timeout_s: int = Field(
+        600, ge=1, le=86400, description="Balancer: HAProxy `timeout server`, the longest a server may stay silent on a request "
+        "(a MinerU page takes seconds to minutes)."
+    )
+    balancer_client_timeout_s: int = Field(
+        600, ge=1, le=86400, description="Balancer: HAProxy `timeout client` (a client waiting for a long page is silent meanwhile)."
+    )
+    balancer_connect_timeout_s: int = Field(5, ge=1, le=3600, description="Balancer: HAProxy `timeout connect` to a server.")
+    balancer_check_inter_ms: int = Field(
+        2000, ge=100, le=3600000, description="Balancer: milliseconds between two health checks (GET /health) of a server (`inter`)."
+    )
+    balancer_check_fall: int = Field(3, ge=1, le=1000, description="Balancer: failed checks in a row that take a server out (`fall`).")
+    balancer_check_rise: int = Field(2, ge=1, le=1000, description="Balancer: good checks in a row that put a server back (`rise`).")
+    balancer_server_maxconn: int | None = Field(
+        None, ge=1, le=1 << 20, description="Balancer: requests sent to one server at once (`maxconn`; more wait in HAProxy's "
+        "queue); unset: no limit, vLLM queues them itself."
+    )
+    balancer_backend_address: str | None = Field(
+        None, description="Serving hosts: the address the balancers reach this host's servers at (IP or DNS name); unset: "
+        "the inventory's ssh_hostname, else the host's inventory name."
     )
 
     @field_validator("gpu_memory_utilization")
@@ -293,7 +320,14 @@ class Settings(BaseModel):
             raise ValueError(f"{v!r} is a system account: the server runs as a dedicated account the deploy creates, e.g. 'mineru'")
         return v
 
-    @field_validator("host")
+    @field_validator("balancer_port")
+    @classmethod
+    def _balancer_port(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            raise ValueError("must be 1..65535, e.g. 8000")
+        return v
+
+    @field_validator("host", "balancer_bind")
     @classmethod
     def _bind(cls, v: str) -> str:
         try:
@@ -303,6 +337,20 @@ class Settings(BaseModel):
             pass
         if not DNS_NAME.fullmatch(v):
             raise ValueError("must be an IP address (e.g. 0.0.0.0, 127.0.0.1, ::) or a host name, nothing else")
+        return v
+
+    @field_validator("balancer_backend_address")
+    @classmethod
+    def _backend_address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            ipaddress.ip_address(v)
+            return v
+        except ValueError:
+            pass
+        if not DNS_NAME.fullmatch(v):
+            raise ValueError("must be an IP address or a DNS name the balancers resolve, e.g. 10.0.0.5 or gpu-1.internal")
         return v
 
     @field_validator("client_networks", "balancers")

@@ -131,3 +131,33 @@ def parse_env_file(text: str) -> dict[str, str]:
             raw = re.sub(r'\\(["\\$`])', r"\1", raw[1:-1])
         out[key.strip()] = raw
     return out
+
+
+RECORDS = "deployments"  # <state_dir>/deployments/<id>/: one folder per deployment that passed its readiness gate
+
+
+def deployment_record(plan: Plan, settings: Settings, host: str, release: str) -> tuple[str, dict]:
+    """``(id, record)``: what this host runs once the deploy passed its gate, as the record role writes it.
+
+    The id is a digest of the record, so the same deployment always has the same id (a rerun writes
+    nothing) and a rollback names exactly what it puts back.
+
+    >>> from mineru_fleet.controller.factsdir import load_host_facts  # doctest: +SKIP
+    """
+    import hashlib
+    import json
+
+    unit = render_unit(plan, settings)
+    record = {
+        "release": release,
+        "model_id": settings.model_id,
+        "model_revision": settings.model_revision,
+        "model_dir": plan.model_dir,
+        "unit_sha256": hashlib.sha256(unit.encode()).hexdigest(),
+        "servers": {
+            sv.name: {"port": sv.port, "env_sha256": hashlib.sha256(render_env_file(sv, host).encode()).hexdigest()}
+            for sv in plan.servers
+        },
+    }
+    rid = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    return rid, record

@@ -12,13 +12,16 @@ answer 200 before the model serves (vllm issue 15313). Without ``--url`` the por
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shlex
+import struct
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 
 
 class ArgsError(ValueError):
@@ -72,6 +75,56 @@ def check_once(base: str, chat: bool, timeout: float = 30) -> tuple[bool, str]:
         if not out.get("choices"):
             return False, f"chat completion returned no choices: {out}"
     return True, f"model {models[0]} serves" + (" and answers" if chat else "")
+
+
+def page_png(width: int = 128, height: int = 96) -> bytes:
+    """A small RGB PNG that looks like a page: a dark title bar and lines of 'text' on white."""
+    def px(x: int, y: int) -> bytes:
+        if 8 <= y < 18 and 10 <= x < 90:
+            return b"\x20\x20\x20"
+        if y >= 28 and (y - 28) % 10 < 4 and 10 <= x < width - 10 - (y * 7) % 30:
+            return b"\x50\x50\x50"
+        return b"\xff\xff\xff"
+
+    rows = b"".join(b"\x00" + b"".join(px(x, y) for x in range(width)) for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def image_chat_body(model: str, max_tokens: int = 8) -> dict:
+    """What MinerU's VLM client sends, small: one page image and a prompt, greedy, a few tokens."""
+    image = "data:image/png;base64," + base64.b64encode(page_png()).decode()
+    return {"model": model, "max_tokens": max_tokens, "temperature": 0,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
+                                                      {"type": "text", "text": "Text Recognition:"}]}]}
+
+
+def gate(base: str, model: str, timeout: float = 120) -> tuple[bool, str]:
+    """The rollout's gate from the controller: ``/health`` 200, ``/v1/models`` lists exactly ``model`` (the stable
+    served name), and one chat completion with a page image answers. (ready, what was seen)."""
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=timeout) as r:
+            if r.status != 200:
+                return False, f"/health answered {r.status}"
+    except (urllib.error.URLError, OSError) as e:
+        return False, f"/health: {e}"
+    try:
+        models = [m["id"] for m in _get(f"{base}/v1/models", timeout).get("data", [])]
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return False, f"/v1/models: {e}"
+    if models != [model]:
+        return False, f"/v1/models lists {models}: expected [{model!r}] (the served name must not change between revisions)"
+    try:
+        out = _post(f"{base}/v1/chat/completions", image_chat_body(model), timeout)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return False, f"image chat completion: {e}"
+    if not out.get("choices"):
+        return False, f"image chat completion returned no choices: {str(out)[:200]}"
+    return True, f"/health 200, serves {model}, an image chat completion answered"
 
 
 def _alive(pid: int) -> bool:

@@ -45,12 +45,12 @@ from mineru_fleet.sandbox.config import (
     repo_root,
     serve_dir,
 )
-from mineru_fleet.sandbox.hosts import down, running_hosts, status, up
+from mineru_fleet.sandbox.hosts import down, running_hosts, status, stop_balancer, up
 from mineru_fleet.sandbox.image import build_rootfs, ensure_host_deps, prepare_base
 from mineru_fleet.sandbox.network import host_data, ssh, ssh_argv
 
 __all__ = [
     "SandboxConfig", "SandboxError", "SandboxHost", "build_rootfs", "default_config", "down",
     "ensure_host_deps", "file_server_url", "host_data", "prepare_base", "repo_root", "running_hosts",
-    "serve_dir", "ssh", "ssh_argv", "status", "up",
+    "serve_dir", "ssh", "ssh_argv", "status", "stop_balancer", "up",
 ]

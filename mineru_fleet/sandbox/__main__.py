@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Throwaway real-systemd Debian 13 test hosts "
                                             "(systemd-nspawn) for mineru-fleet.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    pu = sub.add_parser("up", help="boot N hosts mf1..mfN (keeps running ones)")
+    pu = sub.add_parser("up", help="boot N hosts mf1..mfN (keeps running ones), --balancer: and the HAProxy host")
     pu.add_argument("n", nargs="?", type=int, default=1)
+    pu.add_argument("--balancer", action="store_true",
+                    help="also boot the HAProxy host (container 62, inventory group `balancers`)")
     ps = sub.add_parser("status", help="show hosts and the file server")
     ps.add_argument("--json", action="store_true")
     sub.add_parser("down", help="stop everything `up` started")
@@ -61,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "up":
             cfg = default_config()
-            hosts = up(args.n, cfg)
+            hosts = up(args.n, cfg, balancer=args.balancer)
             for h in hosts:
                 print(f"{h.name} {h.ip} state={h.state} ssh={'ok' if h.ssh_ok else 'FAIL'} "
-                      f"files={h.file_server_url}")
+                      f"files={h.file_server_url}" + (" (balancer)" if h.balancer else ""))
             print(f"inventory: {cfg.inventory}\nssh: ssh -F {cfg.ssh_config} {hosts[0].name}")
         elif args.cmd == "status":
             rows = status()

@@ -12,10 +12,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from mineru_fleet.sandbox.config import BOOT_TIMEOUT_S, MAX_HOSTS, NSPAWN_REBOOT_RC, SSH_TIMEOUT_S, STOP_TIMEOUT_S, SandboxConfig, SandboxError, SandboxHost, host_dir, host_dirs, host_for, default_config, log
+from mineru_fleet.sandbox.config import BALANCER_INDEX, BOOT_TIMEOUT_S, MAX_HOSTS, NSPAWN_REBOOT_RC, ROUTES_MARKER, SSH_TIMEOUT_S, STOP_TIMEOUT_S, SandboxConfig, SandboxError, SandboxHost, host_dir, host_dirs, host_for, default_config, log
 from mineru_fleet.sandbox.fileserver import fileserver_state, http_ok, start_file_server, stop_file_server
 from mineru_fleet.sandbox.image import cgroup_dirs, check_kernel_support, require_root, ensure_host_deps, prepare_base
-from mineru_fleet.sandbox.network import close_control_masters, configure_veth, remove_client_files, write_client_files
+from mineru_fleet.sandbox.network import close_control_masters, configure_veth, connect_balancer, disconnect_balancer, remove_client_files, set_forwarding, write_client_files
 from mineru_fleet.sandbox.procs import disown, ensure_logging, leader_of, locked, pid_exists, pid_is, read_pid, run, send_signal, spawn_detached, tail, wait_gone, pid_in_other_pidns
 
 
@@ -189,13 +189,17 @@ def _parallel(calls: list) -> None:
             fut.result()
 
 
-def up(n: int = 1, config: SandboxConfig | None = None) -> list[SandboxHost]:
+def up(n: int = 1, config: SandboxConfig | None = None, balancer: bool = False) -> list[SandboxHost]:
     """Boot containers 1..n (keeping any already running), start the file server, write the
-    client files and the pyinfra inventory.  Returns all running hosts of this instance."""
+    client files and the pyinfra inventory.  Returns all running hosts of this instance.
+
+    ``balancer``: also boot the HAProxy host (container ``BALANCER_INDEX``, inventory group
+    ``balancers``) and let it and the serving hosts reach each other through the controller."""
     ensure_logging()
     cfg = config or default_config()
-    if not 1 <= n <= MAX_HOSTS:
-        raise SandboxError(f"N must be between 1 and {MAX_HOSTS}")
+    top = BALANCER_INDEX - 1 if balancer else MAX_HOSTS
+    if not 1 <= n <= top:
+        raise SandboxError(f"N must be between 1 and {top}")
     require_root()
     t_all = time.monotonic()
     with locked(cfg):
@@ -203,7 +207,7 @@ def up(n: int = 1, config: SandboxConfig | None = None) -> list[SandboxHost]:
         check_kernel_support()
         prepare_base(cfg)
         cfg.run.mkdir(parents=True, exist_ok=True)
-        wanted = set(range(1, n + 1))
+        wanted = set(range(1, n + 1)) | ({BALANCER_INDEX} if balancer else set())
         running = {h.index for h in running_hosts(cfg)}
         for i in sorted(running):
             log.info("%s already running", host_for(cfg, i).name)
@@ -216,6 +220,7 @@ def up(n: int = 1, config: SandboxConfig | None = None) -> list[SandboxHost]:
         finally:
             live = [h for h in hosts if _supervisor_alive(host_dir(cfg, h.name))]
             write_client_files(cfg, live)
+        connect_balancer(cfg, hosts)
         start_file_server(cfg, [h.controller_ip for h in hosts])
     log.info("%d host(s) up in %.2fs: %s", len(hosts), time.monotonic() - t_all,
              ", ".join(f"{h.name}={h.ip}" for h in hosts))
@@ -314,12 +319,40 @@ def down(config: SandboxConfig | None = None) -> None:
             _stop_container(cfg, d)
         stop_file_server(cfg)
         remove_client_files(cfg)
+        (cfg.run / ROUTES_MARKER).unlink(missing_ok=True)
         for cg in cgroup_dirs("x"):
             with contextlib.suppress(OSError):
                 cg.parent.rmdir()  # only if no other instance uses it
         with contextlib.suppress(OSError):
             cfg.run.rmdir() if not any(cfg.run.iterdir()) else None
     log.info("stopped %d host(s) in %.2fs", len(dirs), time.monotonic() - t0)
+
+
+def stop_balancer(config: SandboxConfig | None = None) -> bool:
+    """Stop only the balancer host (``up(..., balancer=True)``): the serving hosts keep running, lose
+    their route to it, and the inventory lists them alone again.  False when none was running."""
+    ensure_logging()
+    cfg = config or default_config()
+    require_root()
+    with locked(cfg):
+        hosts = running_hosts(cfg)
+        bal = next((h for h in hosts if h.balancer), None)
+        d = host_dir(cfg, host_for(cfg, BALANCER_INDEX).name)
+        if bal is None and not d.exists():
+            return False
+        rest = [h for h in hosts if not h.balancer]
+        disconnect_balancer(cfg, rest, bal or host_for(cfg, BALANCER_INDEX))
+        (d / "stopping").touch()
+        pid = read_pid(d / "nspawn.pid")
+        if pid_is(pid, "systemd-nspawn"):
+            leader = leader_of(pid)
+            if leader:
+                (d / "leader.pid").write_text(f"{leader}\n")
+            send_signal(pid, signal.SIGTERM)
+        _stop_container(cfg, d)
+        write_client_files(cfg, rest)
+    log.info("balancer host stopped; %d host(s) left", len(rest))
+    return True
 
 
 def _join_cgroups(machine: str) -> None:
@@ -354,6 +387,8 @@ def supervise(d: Path, machine: str, host_cidr: str) -> int:
         (d / "nspawn.pid.tmp").write_text(f"{proc.pid}\n")
         os.replace(d / "nspawn.pid.tmp", d / "nspawn.pid")
         configure_veth(machine, host_cidr)
+        if (d.parent / ROUTES_MARKER).exists():  # a balancer is up: a rebooted host's new veth forwards again
+            set_forwarding(machine, True)
         rc = proc.wait()
         print(f"[supervisor {time.strftime('%T')}] nspawn {proc.pid} exited rc={rc}", flush=True)
         if rc == NSPAWN_REBOOT_RC and not (d / "stopping").exists():

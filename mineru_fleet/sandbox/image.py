@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from mineru_fleet.sandbox.config import BASE_PACKAGES, CGROUP_PARENT, HOST_TOOLS, MASKED_UNITS, SUITE, SandboxConfig, SandboxError, VARIANT, default_config, log
+from mineru_fleet.sandbox.config import BASE_PACKAGES, CGROUP_PARENT, DISABLED_UNITS, HOST_TOOLS, MASKED_UNITS, SUITE, SandboxConfig, SandboxError, VARIANT, default_config, log
 from mineru_fleet.sandbox.procs import run, tail
 
 
@@ -195,6 +195,7 @@ def prepare_base(config: SandboxConfig | None = None) -> Path:
     os.chmod(ssh_dir / "authorized_keys", 0o600)
     run(["chroot", str(b), "systemctl", "enable", "systemd-networkd.service"])
     run(["chroot", str(b), "systemctl", "mask", *MASKED_UNITS], check=False)
+    run(["chroot", str(b), "systemctl", "disable", *DISABLED_UNITS], check=False)
     (b / "etc/machine-id").write_text("")  # fresh machine-id on every boot
     for k in (b / "etc/ssh").glob("ssh_host_*"):
         k.unlink()

@@ -9,12 +9,21 @@ import subprocess
 import time
 from pathlib import Path
 
-from mineru_fleet.sandbox.config import INVENTORY_MARKER, SandboxConfig, SandboxError, SandboxHost, default_config
+from mineru_fleet.sandbox.config import INVENTORY_MARKER, ROUTES_MARKER, SandboxConfig, SandboxError, SandboxHost, default_config, host_dir
 from mineru_fleet.sandbox.procs import run
 
 
 def host_data(config: SandboxConfig, host: SandboxHost) -> dict:
     """pyinfra host data for a sandbox host."""
+    if host.balancer:  # HAProxy only: no wheels, no API of its own
+        return {
+            "ssh_user": "root",
+            "ssh_key": str(config.key),
+            "ssh_known_hosts_file": "/dev/null",
+            "ssh_strict_host_key_checking": "no",
+            "controller_ip": host.controller_ip,
+            "sandbox_name": host.name,
+        }
     return {
         "ssh_user": "root",
         "ssh_key": str(config.key),
@@ -44,15 +53,18 @@ def write_client_files(cfg: SandboxConfig, hosts: list[SandboxHost]) -> None:
     ]
     cfg.ssh_config.write_text("\n".join(lines))
     (cfg.run / "testinfra_hosts.txt").write_text(
-        ",".join(f"ssh://root@{h.ip}" for h in hosts) + "\n")
+        ",".join(f"ssh://root@{h.ip}" for h in hosts if not h.balancer) + "\n")
     (cfg.run / "hosts.json").write_text(json.dumps([h.as_dict() for h in hosts], indent=2) + "\n")
-    entries = [(h.ip, host_data(cfg, h)) for h in hosts]
+    entries = [(h.ip, host_data(cfg, h)) for h in hosts if not h.balancer]
+    balancers = [(h.ip, host_data(cfg, h)) for h in hosts if h.balancer]
     cfg.inventory.parent.mkdir(parents=True, exist_ok=True)
     cfg.inventory.write_text(
         f"{INVENTORY_MARKER} (`mineru-fleet sandbox up`); removed by `sandbox down`.\n"
         "# pyinfra inventory: group `sandbox`, hosts as (name, data) tuples; host name = IP.\n"
         "# Usage: uv run pyinfra inventory/sandbox.py DEPLOY.py\n\n"
-        f"sandbox = {pprint.pformat(entries, width=100, sort_dicts=False)}\n")
+        f"sandbox = {pprint.pformat(entries, width=100, sort_dicts=False)}\n"
+        + (f"\n# the HAProxy host (`sandbox up N --balancer`): the balancer role only\n"
+           f"balancers = {pprint.pformat(balancers, width=100, sort_dicts=False)}\n" if balancers else ""))
 
 
 def remove_client_files(cfg: SandboxConfig) -> None:
@@ -104,3 +116,56 @@ def configure_veth(machine: str, host_cidr: str, timeout: float = 10.0) -> None:
         time.sleep(0.05)
     run(["ip", "addr", "replace", host_cidr, "dev", ifname], check=False)
     run(["ip", "link", "set", ifname, "up"], check=False)
+
+
+# --------------------------------------------------------------------------------------------
+# the balancer host: the containers reach each other through the controller
+#
+# Each container has its own /30 to the controller and no gateway. With a balancer host, the
+# controller forwards between this instance's veths (net.ipv4.conf.ve-<name>.forwarding=1, set per
+# interface: the controller's other interfaces and other instances are untouched), the balancer gets
+# a route to the instance's /24 and each serving host a route back to the balancer, both via their
+# controller address (live, and as a systemd-networkd drop-in so they survive a reboot of the host).
+
+ROUTE_DROPIN = "etc/systemd/network/10-host0.network.d/50-mineru-fleet-balancer.conf"
+
+
+def set_forwarding(machine: str, on: bool) -> None:
+    """Forward (or not) what the container ``machine`` sends through its veth (per interface)."""
+    path = Path(f"/proc/sys/net/ipv4/conf/ve-{machine}/forwarding")
+    if path.exists():
+        path.write_text("1\n" if on else "0\n")
+
+
+def _route(cfg: SandboxConfig, host: SandboxHost, balancer: SandboxHost) -> str:
+    return f"{cfg.net_prefix}.0/24" if host.balancer else f"{balancer.ip}/32"
+
+
+def _in_netns(host: SandboxHost, *argv: str) -> None:
+    if host.leader_pid:
+        run(["nsenter", "-t", str(host.leader_pid), "-n", *argv], check=False)
+
+
+def connect_balancer(cfg: SandboxConfig, hosts: list[SandboxHost]) -> None:
+    """Let the balancer among ``hosts`` and the serving hosts reach each other (idempotent)."""
+    balancer = next((h for h in hosts if h.balancer), None)
+    if balancer is None:
+        return
+    (cfg.run / ROUTES_MARKER).touch()
+    for h in hosts:
+        set_forwarding(h.name, True)
+        dest = _route(cfg, h, balancer)
+        dropin = host_dir(cfg, h.name) / "root" / ROUTE_DROPIN
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(f"[Route]\nDestination={dest}\nGateway={h.controller_ip}\n")
+        _in_netns(h, "ip", "route", "replace", dest, "via", h.controller_ip)
+
+
+def disconnect_balancer(cfg: SandboxConfig, hosts: list[SandboxHost], balancer: SandboxHost) -> None:
+    """Undo ``connect_balancer`` on the serving ``hosts`` (the balancer itself is being stopped)."""
+    for h in hosts:
+        dest = _route(cfg, h, balancer)
+        (host_dir(cfg, h.name) / "root" / ROUTE_DROPIN).unlink(missing_ok=True)
+        _in_netns(h, "ip", "route", "del", dest, "via", h.controller_ip)
+        set_forwarding(h.name, False)
+    (cfg.run / ROUTES_MARKER).unlink(missing_ok=True)

@@ -38,10 +38,11 @@ def log(msg: str) -> None:
     print(f"[sandbox run {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def prepare(n_hosts: int = 1) -> list[sandbox.SandboxHost]:
-    """Hosts up, model made, wheelhouse ready; idempotent and fast on a rerun."""
+def prepare(n_hosts: int = 1, balancer: bool = False) -> list[sandbox.SandboxHost]:
+    """Hosts up, model made, wheelhouse ready; idempotent and fast on a rerun. ``balancer``: one more
+    host, in the inventory group ``balancers`` (the deploy gives it HAProxy in front of the others)."""
     t = time.monotonic()
-    hosts = sandbox.up(n_hosts)
+    hosts = sandbox.up(n_hosts, balancer=balancer)
     log(f"{len(hosts)} sandbox host(s) up in {time.monotonic() - t:.1f}s")
     if not (MODEL_DIR / "config.json").is_file():
         tinymodel.make_tiny_qwen2vl(MODEL_DIR)
@@ -82,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mineru-fleet sandbox run", description=__doc__.splitlines()[0])
     ap.add_argument("--hosts", type=int, default=1, help="number of sandbox hosts (default 1)")
     ap.add_argument("--no-tests", action="store_true", help="skip the testinfra suite")
+    ap.add_argument("--balancer", action="store_true", help="one more host: HAProxy in front of the servers")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
     try:
-        hosts = prepare(a.hosts)
+        hosts = prepare(a.hosts, balancer=a.balancer)
     except (sandbox.SandboxError, wheelhouse.WheelhouseError) as e:
         log(f"error: {e}")
         return 2
@@ -100,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
                            cwd=REPO, env={**os.environ, "MINERU_FLEET_E2E_HOSTS": str(a.hosts), "MINERU_FLEET_KEEP_SANDBOX": "1"})
         if r.returncode:
             return r.returncode
+    balancers = [h for h in hosts if h.balancer]
+    hosts = [h for h in hosts if not h.balancer]
     print(f"\nmineru-fleet sandbox: {len(hosts)} host(s) serving MinerU through vLLM 0.10.2 (CPU) in {time.monotonic() - t0:.0f}s")
+    for h in balancers:
+        print(f"  {h.name}: http://{h.ip}:8000/v1/models   (HAProxy in front of them; ssh -F {sandbox.default_config().run}/ssh_config"
+              f" {h.name}; systemctl status haproxy)")
     for h in hosts:
         print(f"  {h.name}: http://{h.ip}:30000/v1/models   (ssh -F {sandbox.default_config().run}/ssh_config {h.name};"
               f" systemctl status mineru-vllm@0)")

@@ -20,17 +20,19 @@ from mineru_fleet.core.hostfacts import build_host_facts
 from mineru_fleet.core.planner import plan
 from mineru_fleet.core.settings import load_settings
 
-N_HOSTS = int(os.environ.get("MINERU_FLEET_E2E_HOSTS", "2"))
+#: serving hosts of the session (3: the rollout scenarios need a canary and a batch after it), plus one balancer host
+N_HOSTS = int(os.environ.get("MINERU_FLEET_E2E_HOSTS", "3"))
 
 
 @pytest.fixture(scope="session")
 def hosts() -> list[sandbox.SandboxHost]:
-    """Sandbox hosts with the deploy applied (idempotent: a deployed host is left as it is)."""
+    """The serving sandbox hosts with the deploy applied, behind the sandbox balancer host (group ``balancers``),
+    shared by every module (idempotent: a deployed host is left as it is)."""
     if os.geteuid() != 0:
         pytest.fail("the end-to-end suite needs root (systemd-nspawn sandbox hosts)")
     started_here = not sandbox.running_hosts()
     try:
-        hs = quickstart.prepare(N_HOSTS)
+        hs = [h for h in quickstart.prepare(N_HOSTS, balancer=True) if not h.balancer]  # the balancer serves nothing
         r = quickstart.deploy()
         assert r.returncode == 0, "pyinfra inventory/sandbox.py deploy.py failed (see its output above)"
         yield hs
@@ -44,7 +46,10 @@ def hosts() -> list[sandbox.SandboxHost]:
 def plans(hosts):
     """The plan of each host (by IP), from facts gathered live, as the deploy computed it."""
     out = {}
+    serving = {h.ip for h in hosts}
     for name, g in gather(str(quickstart.INVENTORY)).items():
+        if name not in serving:
+            continue
         assert g.error is None, g.error
         s = load_settings(g.data, name)
         model = modelinfo.from_model_dir(quickstart.MODEL_DIR, s.model_id)
