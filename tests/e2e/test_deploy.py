@@ -84,19 +84,28 @@ def test_port_listening(ti, plans):
         assert h.socket(f"tcp://0.0.0.0:{port}").is_listening, ip
 
 
-def test_models_endpoint_lists_the_revision_folder(hosts, plans):
+def served_name(p) -> str:
+    """The plan's --served-model-name (the model id by default: one name across revisions)."""
+    args = p.servers[0].args
+    return args[args.index("--served-model-name") + 1]
+
+
+def test_models_endpoint_lists_the_stable_served_name(hosts, plans):
     for hst in hosts:
         p = plans[hst.ip]
+        assert served_name(p) == quickstart.HUB_MODEL_ID and p.servers[0].args[p.servers[0].args.index("--model") + 1] == p.model_dir
         r = requests.get(f"http://{hst.ip}:{p.servers[0].port}/v1/models", timeout=30)
         assert r.status_code == 200
-        assert [m["id"] for m in r.json()["data"]] == [p.model_dir]
+        models = r.json()["data"]
+        assert [m["id"] for m in models] == [quickstart.HUB_MODEL_ID]  # not the revision folder: stable across revisions
+        assert models[0].get("root") == p.model_dir  # vLLM shows the folder it loaded (the revision) as the model's root
 
 
 def test_chat_completion_with_an_image(hosts, plans):
     for hst in hosts:
         p = plans[hst.ip]
         body = {
-            "model": p.model_dir,
+            "model": served_name(p),
             "max_tokens": 8,
             "temperature": 0,
             "messages": [{"role": "user", "content": [
