@@ -86,6 +86,18 @@ def ansible_changed(out: str) -> int:
     return sum(int(x) for x in re.findall(r"\bchanged=(\d+)", out))
 
 
+def ansible_changed_tasks(out: str) -> list[str]:
+    """Names of the tasks that reported ``changed:`` for some host or item."""
+    tasks, task = [], None
+    for line in out.splitlines():
+        m = re.match(r"TASK \[(.+?)\]", line)
+        if m:
+            task = m.group(1)
+        elif line.startswith("changed:") and task and task not in tasks:
+            tasks.append(task)
+    return tasks
+
+
 def ansible_inventory(path: Path, vars_dir: Path, hosts, cfg: sandbox.SandboxConfig) -> Path:
     """YAML/JSON inventory: each host's connection plus the variables export_vars.py wrote from our plan."""
     hv = {}
@@ -167,6 +179,33 @@ def growth(a, cfg: sandbox.SandboxConfig) -> dict:
     return {"deploy": "tests/e2e/deploy_model_only.py", "state_dir": GROWTH_STATE, "hosts": [h.ip for h in hosts], "runs": rows}
 
 
+def fresh(a, cfg: sandbox.SandboxConfig, work: Path) -> dict:
+    """Host number --fresh (booted if needed, never deployed): our runtime role installs the release venv, then the
+    playbook alone converges the rest (model, unit, env, server, readiness); then our deploy.py and the playbook again."""
+    hosts = quickstart.prepare(a.fresh)
+    h = [x for x in hosts if x.index == a.fresh]
+    res = {"host": h[0].ip}
+    wall, out = pyinfra(str(ANSIBLE_DIR / "deploy_runtime_only.py"), h, 1, [])
+    res["runtime_only_deploy"] = {"wall_s": round(wall, 1), "changed": pyinfra_changed(out)}
+    log(f"runtime role only: {res['runtime_only_deploy']}")
+    ENV["MINERU_FLEET_ANSIBLE_VARS"] = str(work / "vars-fresh")
+    pyinfra(str(ANSIBLE_DIR / "export_vars.py"), h, 1, [])
+    inv = ansible_inventory(work / "ansible-fresh.json", work / "vars-fresh", h, cfg)
+    for step in ("ansible_converge", "ansible_again"):
+        wall, out = ansible(inv, h, 1)
+        res[step] = {"wall_s": round(wall, 1), "changed": ansible_changed(out), "changed_tasks": ansible_changed_tasks(out)}
+        res[step]["recap"] = [ln for ln in out.splitlines() if "changed=" in ln]
+        log(f"{step}: {res[step]['wall_s']} s, {res[step]['changed']} changed")
+    probe = sandbox.ssh(h[0], "systemctl is-active mineru-vllm@0.service; systemctl is-enabled mineru-vllm@0.service; "
+                        "curl -s http://127.0.0.1:30000/v1/models | head -c 200", config=cfg, check=False)
+    res["serving"] = probe.stdout
+    wall, out = pyinfra("deploy.py", h, 1, [])
+    res["pyinfra_after"] = {"wall_s": round(wall, 1), "changed": pyinfra_changed(out),
+                            "changed_ops": re.findall(r"--> Starting operation: (.+?)\s*\n(?:\s+\[[^]]+\]\s+Success)", out)}
+    log(f"our deploy.py after the playbook: {res['pyinfra_after']}")
+    return res
+
+
 def print_compare(res: dict) -> None:
     for m in res["models"]:
         print(f"\nmodel {m['model']} ({m['model_bytes']:,} bytes); Ansible's first run after our deploy changed "
@@ -198,20 +237,26 @@ def main() -> int:
     ap.add_argument("--pad-mib", type=int, default=2048, help="the large model's random file; 0: the tiny model only")
     ap.add_argument("--growth", action="store_true", help="time our no-op at --growth-sizes instead of comparing")
     ap.add_argument("--growth-sizes", default="1,3,6")
+    ap.add_argument("--fresh", type=int, default=0, metavar="N", help="converge host number N (never deployed) with the "
+                    "playbook after our runtime role alone, then run deploy.py and the playbook again")
     ap.add_argument("--out", default=None, help="file name under bench/results/")
     a = ap.parse_args()
     cfg = sandbox.default_config()
     work = Path(tempfile.mkdtemp(prefix="bench-ansible-"))
     started = time.strftime("%Y-%m-%d %H:%M")
     try:
-        res = growth(a, cfg) if a.growth else compare(a, cfg, work)
+        res = growth(a, cfg) if a.growth else fresh(a, cfg, work) if a.fresh else compare(a, cfg, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res.update(date=started, machine=f"{os.cpu_count()} cores, load average at the end {os.getloadavg()}")
-    out = REPO / "bench" / "results" / (a.out or ("noop_growth.json" if a.growth else "ansible_vs_pyinfra.json"))
+    default = "noop_growth.json" if a.growth else "ansible_fresh.json" if a.fresh else "ansible_vs_pyinfra.json"
+    out = REPO / "bench" / "results" / (a.out or default)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
-    (print_growth if a.growth else print_compare)(res)
+    if a.fresh:
+        print(json.dumps(res, indent=1))
+    else:
+        (print_growth if a.growth else print_compare)(res)
     return 0
 
 
