@@ -40,6 +40,10 @@ from mineru_fleet.sandbox import quickstart  # noqa: E402
 
 ANSIBLE_DIR = REPO / "bench" / "ansible"
 GROWTH_STATE = "/var/lib/mineru-fleet-growth"
+#: --fresh --wipe: everything deploy.py wrote on a host except the runtime role's (user, /opt/mineru-fleet)
+WIPE = ("systemctl disable --now 'mineru-vllm@*.service' mineru-vllm@0.service 2>/dev/null; "
+        "rm -rf /etc/systemd/system/mineru-vllm@.service /etc/mineru-fleet /var/lib/mineru-fleet && systemctl daemon-reload && "
+        "systemctl reset-failed 'mineru-vllm@*' 2>/dev/null; true")
 ENV = {**os.environ, "MODELSCOPE_LOG_LEVEL": "40", "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
        "ANSIBLE_NOCOLOR": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -132,8 +136,10 @@ def med(xs) -> float:
 def compare(a, cfg: sandbox.SandboxConfig, work: Path) -> dict:
     sizes = [int(n) for n in a.sizes.split(",")]
     hosts = quickstart.prepare(max(sizes))[: max(sizes)]
-    models = [("tiny", [])]
-    if a.pad_mib:
+    models = []
+    if "tiny" in a.models.split(","):
+        models.append(("tiny", []))
+    if "padded" in a.models.split(",") and a.pad_mib:
         models.append((f"+{a.pad_mib} MiB", [f"mineru_model_revision={publish_padded(a.pad_mib)}"]))
     result = {"hosts": [h.ip for h in hosts], "runs": a.runs, "models": []}
     for label, data in models:
@@ -159,7 +165,8 @@ def compare(a, cfg: sandbox.SandboxConfig, work: Path) -> dict:
                     rows.append({"tool": tool, "hosts": n, "run": i + 1, "wall_s": round(wall, 2), "changed": ch})
                     log(f"  {rows[-1]}")
         result["models"].append({"model": label, "model_bytes": model_bytes, "data": data, "ansible_first_run": first,
-                                 "runs": rows})
+                                 "date": time.strftime("%Y-%m-%d %H:%M"), "load_average": os.getloadavg(), "runs": rows})
+        save(a, result)  # after each model: a later failure keeps what was measured
     return result
 
 
@@ -184,7 +191,9 @@ def fresh(a, cfg: sandbox.SandboxConfig, work: Path) -> dict:
     playbook alone converges the rest (model, unit, env, server, readiness); then our deploy.py and the playbook again."""
     hosts = quickstart.prepare(a.fresh)
     h = [x for x in hosts if x.index == a.fresh]
-    res = {"host": h[0].ip}
+    res = {"host": h[0].ip, "wiped": a.wipe}
+    if a.wipe:  # a deployed host back to what the runtime role alone leaves (the 7 GB venv kept: disk and time)
+        sandbox.ssh(h[0], WIPE, config=cfg)
     wall, out = pyinfra(str(ANSIBLE_DIR / "deploy_runtime_only.py"), h, 1, [])
     res["runtime_only_deploy"] = {"wall_s": round(wall, 1), "changed": pyinfra_changed(out)}
     log(f"runtime role only: {res['runtime_only_deploy']}")
@@ -203,6 +212,25 @@ def fresh(a, cfg: sandbox.SandboxConfig, work: Path) -> dict:
     res["pyinfra_after"] = {"wall_s": round(wall, 1), "changed": pyinfra_changed(out),
                             "changed_ops": re.findall(r"--> Starting operation: (.+?)\s*\n(?:\s+\[[^]]+\]\s+Success)", out)}
     log(f"our deploy.py after the playbook: {res['pyinfra_after']}")
+    return res
+
+
+def out_path(a) -> Path:
+    default = "noop_growth.json" if a.growth else "ansible_fresh.json" if a.fresh else "ansible_vs_pyinfra.json"
+    return REPO / "bench" / "results" / (a.out or default)
+
+
+def save(a, res: dict) -> dict:
+    """Write the results; comparison results keep the other models' entries of an earlier run (--models picks some)."""
+    out = out_path(a)
+    out.parent.mkdir(exist_ok=True)
+    res = {**res, "machine": f"{os.cpu_count()} cores (shared)"}
+    if not a.growth and not a.fresh and out.is_file():
+        old = json.loads(out.read_text())
+        mine = {m["model"] for m in res["models"]}
+        res["models"] = [m for m in old.get("models", []) if m["model"] not in mine] + res["models"]
+        res["models"].sort(key=lambda m: m["model_bytes"])
+    out.write_text(json.dumps(res, indent=1) + "\n")
     return res
 
 
@@ -235,10 +263,14 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--sizes", default="1,3", help="fleet sizes compared (comma-separated)")
     ap.add_argument("--pad-mib", type=int, default=2048, help="the large model's random file; 0: the tiny model only")
+    ap.add_argument("--models", default="tiny,padded", help="comma-separated: tiny (the sandbox model), padded "
+                    "(+ --pad-mib MiB)")
     ap.add_argument("--growth", action="store_true", help="time our no-op at --growth-sizes instead of comparing")
     ap.add_argument("--growth-sizes", default="1,3,6")
     ap.add_argument("--fresh", type=int, default=0, metavar="N", help="converge host number N (never deployed) with the "
                     "playbook after our runtime role alone, then run deploy.py and the playbook again")
+    ap.add_argument("--wipe", action="store_true", help="with --fresh: first remove what deploy.py wrote on that host "
+                    "except the runtime role's user and release (no venv rebuilt)")
     ap.add_argument("--out", default=None, help="file name under bench/results/")
     a = ap.parse_args()
     cfg = sandbox.default_config()
@@ -248,11 +280,8 @@ def main() -> int:
         res = growth(a, cfg) if a.growth else fresh(a, cfg, work) if a.fresh else compare(a, cfg, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    res.update(date=started, machine=f"{os.cpu_count()} cores, load average at the end {os.getloadavg()}")
-    default = "noop_growth.json" if a.growth else "ansible_fresh.json" if a.fresh else "ansible_vs_pyinfra.json"
-    out = REPO / "bench" / "results" / (a.out or default)
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    res.update(date=started, load_average_at_end=os.getloadavg())
+    res = save(a, res)
     if a.fresh:
         print(json.dumps(res, indent=1))
     else:
