@@ -173,7 +173,8 @@ def compare(a, cfg: sandbox.SandboxConfig, work: Path) -> dict:
 def growth(a, cfg: sandbox.SandboxConfig) -> dict:
     sizes = [int(n) for n in a.growth_sizes.split(",")]
     hosts = quickstart.prepare(max(sizes))[: max(sizes)]
-    data = [f"mineru_state_dir={GROWTH_STATE}"]
+    # its own state folder and an account name no host has (preflight refuses an existing account whose home is elsewhere)
+    data = [f"mineru_state_dir={GROWTH_STATE}", "mineru_service_user=mfgrowth"]
     log(f"model-only deploy of {len(hosts)} host(s) into {GROWTH_STATE} (untimed)")
     wall, out = pyinfra("tests/e2e/deploy_model_only.py", hosts, len(hosts), data)
     log(f"  {wall:.1f} s, {pyinfra_changed(out)} changed")
