@@ -49,18 +49,15 @@ def _health(url: str) -> bool | None:
 def collect(inventory: str) -> tuple[list[Row], list[str]]:
     """The rows of the fleet and notes (a balancer that did not answer, a rollout in progress)."""
     from mineru_fleet.controller import balancer
+    from mineru_fleet.core import haproxy
 
     notes: list[str] = []
     hosts = rollouts.discover(inventory)
     views = rollouts.view_hosts(inventory, hosts)
     rows_lb: dict[str, Any] = {}
     try:
-        with balancer.Runtime(inventory) as lb:
-            for b in lb.names:
-                from mineru_fleet.core import haproxy
-
-                rows_lb.update(haproxy.servers_of(lb.show_stat(only=b)))
-                break  # one balancer's view (they are configured alike)
+        with balancer.Runtime(inventory) as lb:  # one balancer's view (they are configured alike)
+            rows_lb.update(haproxy.servers_of(lb.show_stat(only=lb.names[0])))
     except Exception as e:  # noqa: BLE001 - a balancer that does not answer is a note, not a crash
         notes.append(f"balancer: {e}")
     in_progress = {}
@@ -75,8 +72,6 @@ def collect(inventory: str) -> tuple[list[Row], list[str]]:
                 notes.append(f"rollout {st.id} in progress ({state_file})")
         except R.StateError as e:
             notes.append(str(e))
-    from mineru_fleet.core import haproxy
-
     rows = []
     for h in hosts:
         v = views.get(h.name) or rollouts.HostView(False, error="no answer")

@@ -332,6 +332,11 @@ class Options:
     state_file: Path | None = None
 
 
+def _failure(e: Exception) -> str:
+    """A failed step's error as the state keeps it: our own messages as written, anything else with its type."""
+    return (str(e) if isinstance(e, RolloutRunError) else f"{type(e).__name__}: {e}")[:2000]
+
+
 class Runner:
     """Drives one rollout: every step recorded in the state file before it is done."""
 
@@ -460,8 +465,7 @@ class Runner:
                 else:
                     return
             except Exception as e:  # noqa: BLE001 - any failed step fails this server, named, and the batch decides
-                msg = str(e) if isinstance(e, RolloutRunError) else f"{type(e).__name__}: {e}"
-                self.step(server, Phase.FAILED, error=msg[:2000])
+                self.step(server, Phase.FAILED, error=_failure(e))
                 return
 
     def deploy_failure(self, host: str, output: str) -> str:
@@ -516,8 +520,7 @@ class Runner:
             self.wait_up(server)
             self.step(server, Phase.ROLLED_BACK)
         except Exception as e:  # noqa: BLE001
-            msg = str(e) if isinstance(e, RolloutRunError) else f"{type(e).__name__}: {e}"
-            self.step(server, Phase.ROLLBACK_FAILED, error=msg[:2000])
+            self.step(server, Phase.ROLLBACK_FAILED, error=_failure(e))
 
     def run_parallel(self, fn, items) -> None:
         threads = [threading.Thread(target=fn, args=(it,)) for it in items]

@@ -91,6 +91,15 @@ def host_path_problem(v: str) -> str | None:
     return None
 
 
+def ip_or_dns_name(v: str) -> bool:
+    """An IP address (v4 or v6) or a DNS name."""
+    try:
+        ipaddress.ip_address(v)
+        return True
+    except ValueError:
+        return bool(DNS_NAME.fullmatch(v))
+
+
 def host_port_problem(v: str) -> str | None:
     """Why ``v`` is not ``HOST[:PORT]`` (a DNS name, an IPv4 address or [IPv6])."""
     if "/" in v or any(c.isspace() for c in v) or CONTROL.search(v):
@@ -331,26 +340,14 @@ class Settings(BaseModel):
     @field_validator("host", "balancer_bind")
     @classmethod
     def _bind(cls, v: str) -> str:
-        try:
-            ipaddress.ip_address(v)
-            return v
-        except ValueError:
-            pass
-        if not DNS_NAME.fullmatch(v):
+        if not ip_or_dns_name(v):
             raise ValueError("must be an IP address (e.g. 0.0.0.0, 127.0.0.1, ::) or a host name, nothing else")
         return v
 
     @field_validator("balancer_backend_address")
     @classmethod
     def _backend_address(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            ipaddress.ip_address(v)
-            return v
-        except ValueError:
-            pass
-        if not DNS_NAME.fullmatch(v):
+        if v is not None and not ip_or_dns_name(v):
             raise ValueError("must be an IP address or a DNS name the balancers resolve, e.g. 10.0.0.5 or gpu-1.internal")
         return v
 
