@@ -114,6 +114,15 @@ unknown `mineru_*` key stops the deploy with the closest known name.
 # Model folder on the host; default /var/lib/mineru-fleet/models/<model_id>/<revision>.
 # mineru_model_dir = None
 
+# Share compiled caches within a compile class (release, model revision, graph settings, processor/GPU, CPU count, OS): the first server of a class compiles, its caches go to the controller and to every other host of the class before its server starts. false: every server compiles its own.
+# mineru_compile_cache_seed = True
+
+# Controller store of the seeds: <dir>/<class key>/seed.tar.gz.
+# mineru_compile_cache_dir = '~/.cache/mineru-fleet/compile-cache'
+
+# Class folders kept per server on a host (the current one and those a deployment record names are always kept): a rollback to the previous class starts warm.
+# mineru_compile_cache_keep = 3
+
 # Releases (venvs) live in <install_dir>/releases/<id>.
 # mineru_install_dir = '/opt/mineru-fleet'
 

@@ -12,3 +12,4 @@ mineru_modelscope_domain = f"127.0.0.1:{_qs.hub_port()}"  # the hub as the contr
 mineru_modelscope_ca_bundle = ".sandbox/hub/certs/ca.pem"
 mineru_model_cache_dir = ".sandbox/cache/models"
 mineru_max_model_len = 4096
+mineru_compile_cache_dir = ".sandbox/cache/compile-cache"  # the seeds of this checkout's sandbox (roles/compilecache.py)

@@ -75,3 +75,29 @@ class PreflightFiles(FactBase):
 
     def process(self, output: list[str]) -> dict[str, str]:
         return split_marked(output)
+
+
+class CompileHardware(FactBase):
+    """The host's compile hardware (``mineru_fleet/onhost/compilecache.py hardware``), run with ``python3 -c`` so
+    that it needs nothing installed; ``{}`` when the host cannot tell (no python3).
+
+    Example::
+
+        host.get_fact(CompileHardware)
+        {"arch": "x86_64", "cpu": {"model name": "Intel(R) Xeon(R) ..."}, "cpus": 2, "isa": ["avx2", ...], ...}
+    """
+
+    def command(self) -> str:
+        from mineru_fleet.paths import ONHOST
+
+        program = (ONHOST / "compilecache.py").read_text()
+        return f"python3 -c {shlex.quote(program)} hardware 2>/dev/null || echo '{{}}'"
+
+    def process(self, output: list[str]) -> dict:
+        import json
+
+        try:
+            value = json.loads("\n".join(output).strip() or "{}")
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}

@@ -98,6 +98,7 @@ class Plan:
     model_dir: str
     rows: list[Row] = field(default_factory=list)  # host-wide decisions
     ip_address_allow: list[str] | None = None  # the unit's IPAddressAllow= (with IPAddressDeny=any); None: open
+    compile_classes: dict = field(default_factory=dict)  # server name -> compileclass.CompileClass (set by the preflight)
 
     def to_json(self) -> dict:
         return {

@@ -218,6 +218,19 @@ class Settings(BaseModel):
     model_dir: str | None = Field(
         None, description="Model folder on the host; default /var/lib/mineru-fleet/models/<model_id>/<revision>."
     )
+    # --- compile cache seeding (roles/compilecache.py) ----------------------------------------
+    compile_cache_seed: bool = Field(
+        True, description="Share compiled caches within a compile class (release, model revision, graph settings, "
+        "processor/GPU, CPU count, OS): the first server of a class compiles, its caches go to the controller and to every "
+        "other host of the class before its server starts. false: every server compiles its own.",
+    )
+    compile_cache_dir: str = Field(
+        "~/.cache/mineru-fleet/compile-cache", description="Controller store of the seeds: <dir>/<class key>/seed.tar.gz."
+    )
+    compile_cache_keep: int = Field(
+        3, ge=1, le=100, description="Class folders kept per server on a host (the current one and those a deployment "
+        "record names are always kept): a rollback to the previous class starts warm.",
+    )
     # --- paths and install -----------------------------------------------------------------
     install_dir: str = Field("/opt/mineru-fleet", description="Releases (venvs) live in <install_dir>/releases/<id>.")
     state_dir: str = Field("/var/lib/mineru-fleet", description="Models, caches and state of the service.")
@@ -313,7 +326,8 @@ class Settings(BaseModel):
             raise ValueError("must be a folder inside a folder, e.g. /srv/models/mineru (its revisions go next to it)")
         return v
 
-    @field_validator("model_cache_dir", "modelscope_ca_bundle", "modelscope_token_file", "model_local_source", "runtime_lock")
+    @field_validator("model_cache_dir", "modelscope_ca_bundle", "modelscope_token_file", "model_local_source", "runtime_lock",
+                     "compile_cache_dir")
     @classmethod
     def _controller_path(cls, v: str | None) -> str | None:
         if v is not None and (not v.strip() or CONTROL.search(v)):
