@@ -235,10 +235,9 @@ def install(seed: str, folder: str, key: str, user: str, gpus: list[str] | None)
             members.append((m, rel))
             if total > MAX_SEED_BYTES or len(members) > MAX_SEED_FILES:
                 raise SeedError(f"the seed is larger than {MAX_SEED_BYTES >> 30} GiB or {MAX_SEED_FILES} files")
-        for d in (os.path.dirname(parent), parent):
-            if not os.path.isdir(d):
-                os.mkdir(d, 0o700)
-                os.chown(d, pw.pw_uid, pw.pw_gid)
+        if not os.path.isdir(parent):  # <cache>/<server>/compile: the deploy made it, a hand-run install may not have
+            os.makedirs(parent, 0o700)
+            os.chown(parent, pw.pw_uid, pw.pw_gid)
         shutil.rmtree(staging, ignore_errors=True)
         os.mkdir(staging, 0o700)
         try:
@@ -288,7 +287,7 @@ def _merge(src: str, dst: str) -> int:
             path = os.path.join(target, name)
             if not os.path.exists(path):
                 os.rename(os.path.join(top, name), path)
-                added += 1
+                added += name != SEEDED
     return added
 
 
