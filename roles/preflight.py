@@ -18,17 +18,15 @@ from pyinfra.api import Host
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.hardware import Ipv4Addrs, Ipv6Addrs
 
-from mineru_fleet.core import compileclass, haproxy, modelinfo
-from mineru_fleet.controller import modelstore
+from mineru_fleet.core import haproxy, modelinfo
+from mineru_fleet.controller import modelstore, seedstore
 from mineru_fleet.controller.gather import host_paths
 from mineru_fleet.core.hostfacts import FactsError, build_host_facts
 from mineru_fleet.core.planner import Plan, PlanError, plan
 from mineru_fleet.core.render import errors_text, plan_text
 from mineru_fleet.core.settings import Settings, SettingsError, inventory_warnings, load_settings
 from mineru_fleet.controller.facts import CompileHardware, PreflightFiles
-from mineru_fleet.controller.locks import LockFileError, release_lock
-from mineru_fleet.controller.wheelhouse import release_id
-from mineru_fleet.onhost.modelfetch import manifest_digest
+from mineru_fleet.controller.locks import LockFileError
 
 
 class PreflightError(PyinfraError):
@@ -106,8 +104,7 @@ def plan_host(h: Host, show: bool = False) -> Plan:
         s = haproxy.with_balancers(settings, balancer_addresses())
         p = plan(facts, s, model_facts(settings, prepared.folder, prepared.manifest))
         p.warnings.extend(modelstore.revision_findings(settings, prepared.manifest))
-        p = with_compile_classes(h, p, settings, release_id(p.profile, release_lock(p.profile, settings.runtime_lock)),
-                                 prepared.manifest)
+        p = with_compile_classes(h, p, settings, prepared.manifest)
     except LockFileError as e:
         raise PreflightError(f"{host.name}: {e}") from None
     except FactsError as e:
@@ -119,13 +116,7 @@ def plan_host(h: Host, show: bool = False) -> Plan:
     return p
 
 
-def with_compile_classes(h: Host, p: Plan, settings: Settings, release: str, manifest: dict) -> Plan:
+def with_compile_classes(h: Host, p: Plan, settings: Settings, manifest: dict) -> Plan:
     """``p`` with each server's compile class (``mineru_fleet/core/compileclass.py``): its caches go to the class
     folder, which a seed of the same class may fill before the server starts (``roles/compilecache.py``)."""
-    hardware = h.get_fact(CompileHardware) or {}
-    model = {"id": settings.model_id, "revision": settings.model_revision,
-             "files": manifest_digest(manifest.get("files") or [])}
-    classes = {sv.name: compileclass.compile_class(sv, profile=p.profile, release=release, model=model,
-                                                   hardware=hardware, state_dir=settings.state_dir)
-               for sv in p.servers}
-    return compileclass.with_compile_classes(p, classes, settings.state_dir)
+    return seedstore.with_classes(p, settings, h.get_fact(CompileHardware) or {}, manifest)

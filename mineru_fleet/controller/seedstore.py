@@ -17,8 +17,13 @@ import os
 import tarfile
 from pathlib import Path
 
+from mineru_fleet.controller.locks import release_lock
+from mineru_fleet.controller.wheelhouse import release_id
+from mineru_fleet.core import compileclass
+from mineru_fleet.core.planner import Plan
 from mineru_fleet.core.settings import Settings
 from mineru_fleet.onhost.compilecache import SeedError, class_key, read_class
+from mineru_fleet.onhost.modelfetch import manifest_digest
 from mineru_fleet.paths import REPO
 
 SEED = "seed.tar.gz"
@@ -72,3 +77,13 @@ def accept(settings: Settings, key: str, host: str) -> str:
     os.chmod(incoming, 0o600)
     os.replace(incoming, seed_path(settings, key))
     return f"seed of class {key} from {host} stored: {seed_path(settings, key)}"
+
+
+def with_classes(p: Plan, settings: Settings, hardware: dict, manifest: dict) -> Plan:
+    """``p`` with each server's compile class from the release its lock makes, the model's pinned revision and
+    file list (``manifest``: the hub's) and the host's ``CompileHardware`` fact (``{}``: unknown, never seeded)."""
+    release = release_id(p.profile, release_lock(p.profile, settings.runtime_lock))
+    model = {"id": settings.model_id, "revision": settings.model_revision, "files": manifest_digest(manifest.get("files") or [])}
+    classes = {sv.name: compileclass.compile_class(sv, profile=p.profile, release=release, model=model, hardware=hardware,
+                                                   state_dir=settings.state_dir) for sv in p.servers}
+    return compileclass.with_compile_classes(p, classes, settings.state_dir)

@@ -6,6 +6,7 @@ reaches them with testinfra over SSH (connection reuse through the sandbox's ssh
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -15,6 +16,7 @@ from mineru_fleet.sandbox import modelhub
 from mineru_fleet.core import modelinfo
 from mineru_fleet.sandbox import quickstart
 from mineru_fleet import sandbox
+from mineru_fleet.controller import modelstore, seedstore
 from mineru_fleet.controller.gather import gather
 from mineru_fleet.core.hostfacts import build_host_facts
 from mineru_fleet.core.planner import plan
@@ -43,8 +45,9 @@ def hosts() -> list[sandbox.SandboxHost]:
 
 
 @pytest.fixture(scope="session")
-def plans(hosts):
-    """The plan of each host (by IP), from facts gathered live, as the deploy computed it."""
+def plans(hosts, ti):
+    """The plan of each host (by IP), from facts gathered live, as the deploy computed it (with each server's
+    compile class, from the host's hardware as its compile cache tool reads it)."""
     out = {}
     serving = {h.ip for h in hosts}
     for name, g in gather(str(quickstart.INVENTORY)).items():
@@ -53,7 +56,9 @@ def plans(hosts):
         assert g.error is None, g.error
         s = load_settings(g.data, name)
         model = modelinfo.from_model_dir(quickstart.MODEL_DIR, s.model_id)
-        out[name] = plan(build_host_facts(name, g.files), s, model)
+        hardware = json.loads(ti[name].check_output("python3 /opt/mineru-fleet/bin/mineru-fleet-compilecache hardware"))
+        out[name] = seedstore.with_classes(plan(build_host_facts(name, g.files), s, model), s, hardware,
+                                           modelstore.prepare(s).manifest)
     return out
 
 
