@@ -22,6 +22,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -326,8 +327,22 @@ def prepare(settings: Settings, fetch: bool = False) -> Prepared:
     return _checked(settings, fetch)
 
 
+#: one lock per (key, fetch): pyinfra prepares every host at once (gevent greenlets, which ``threading`` becomes
+#: under pyinfra's monkey-patching), and an lru_cache alone lets each of them miss and ask the hub in parallel
+_LOCKS: dict[tuple[str, bool], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _prepare_once(key: str, fetch: bool) -> Prepared:
+    """``_prepare`` once per process even when every host asks at the same time (the others wait for the first)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault((key, fetch), threading.Lock())
+    with lock:
+        return _prepare(key, fetch)
+
+
 def _checked(settings: Settings, fetch: bool) -> Prepared:
-    prepared = _prepare(_key(settings), fetch)
+    prepared = _prepare_once(_key(settings), fetch)
     try:  # every path the hub listed stays inside the model folder (rsync/put destinations, the host's verify)
         check_manifest(prepared.manifest)
     except FetchError as e:

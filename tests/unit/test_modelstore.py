@@ -392,3 +392,32 @@ def test_check_program_stands_alone():
     assert r.returncode == 0 and r.stdout == "" and not r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-I", "-c", modelstore.check_program(), "x"], capture_output=True, text=True)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_every_host_preparing_at_once_asks_the_hub_once(monkeypatch):
+    """pyinfra prepares all hosts concurrently: the first resolve runs, the others wait for its result
+    (before the lock, 6 hosts started 6 ``modelfetch.py resolve`` subprocesses at once)."""
+    import threading
+    import time as _time
+
+    from mineru_fleet.controller import modelstore as ms
+    from mineru_fleet.core.settings import Settings as _Settings
+
+    calls = []
+
+    def slow_client(settings, args):
+        calls.append(args)
+        _time.sleep(0.3)
+        return {"files": [{"path": "config.json", "size": 2, "sha256": "0" * 64}]}
+
+    monkeypatch.setattr(ms, "_client", slow_client)
+    ms._prepare.cache_clear()
+    s = _Settings(model_fetch_mode="host", model_id="org/concurrent-test", model_revision="v9")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ms.prepare(s))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ms._prepare.cache_clear()
+    assert len(calls) == 1 and len(results) == 6 and all(r == results[0] for r in results)
