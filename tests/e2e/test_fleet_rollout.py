@@ -110,6 +110,13 @@ def test_1_revision_and_setting_rolled_under_load_fail_no_request(fleet, tmp_pat
         assert sh(ip, f"test -f /var/lib/mineru-fleet/models/{quickstart.HUB_MODEL_ID}/{quickstart.HUB_REVISION}/config.json"
                       " && echo kept") == "kept"
     assert set(balancer_states(ips).values()) == {Balancer.UP}
+    # the canary compiled the new compile class (or took the store's seed of it), the batch after it started warm
+    seeded = {}
+    for s in st.servers:
+        env = sh(s.server.host, f"cat /etc/mineru-fleet/{UNIT}.env")
+        folder = env.split("TORCHINDUCTOR_CACHE_DIR=", 1)[1].split("\n", 1)[0].strip('"').rsplit("/", 1)[0]
+        seeded[s.server.host] = sh(s.server.host, f"test -f {folder}/seeded.json && echo seeded || echo compiled")
+    assert all(seeded[s.server.host] == "seeded" for s in st.servers[1:]), seeded
     batches = {}
     for s in st.servers:  # wall time of each batch: from its first drain to its last server done
         t = [at for _, at in s.history]
@@ -120,7 +127,8 @@ def test_1_revision_and_setting_rolled_under_load_fail_no_request(fleet, tmp_pat
                           "servers_per_min": round(b["servers"] / (b["end"] - b["start"]) * 60, 2)} for i, b in batches.items()}
     _record("1-revision-and-setting", {"hosts": len(ips), "batch": "canary 1, then 2", "wall_s": round(took, 1),
                                        "servers_per_min": round(len(ips) / took * 60, 2), "batches": per_batch,
-                                       "load": load.as_dict(), "phase_seconds": phase_seconds(st)})
+                                       "load": load.as_dict(), "phase_seconds": phase_seconds(st),
+                                       "compile_cache": seeded})
 
 
 def test_2_bad_canary_stops_rolls_back_and_leaves_the_rest_untouched(fleet, tmp_path):
