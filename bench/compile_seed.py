@@ -66,13 +66,14 @@ def figures(h, since: int) -> dict:
 def cold(h) -> dict:
     d = class_folder(h)
     since = int(time.time())
-    sh(h, f"systemctl stop {UNIT} && find {d} -mindepth 1 ! -name class.json -delete && systemctl start {UNIT} && touch {d}/.complete")
+    sh(h, f"systemctl stop {UNIT} && find {d} -mindepth 1 ! -name class.json -delete && systemctl reset-failed {UNIT}; "
+       f"systemctl start {UNIT} && touch {d}/.complete")
     return figures(h, since)
 
 
 def warm(h) -> dict:
     since = int(time.time())
-    sh(h, f"systemctl restart {UNIT}")
+    sh(h, f"systemctl reset-failed {UNIT}; systemctl restart {UNIT}")  # the unit counts starts (StartLimitBurst)
     return figures(h, since)
 
 

@@ -31,14 +31,15 @@ import shlex
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.facts.files import File, FindDirectories
+from pyinfra.facts.files import File
 from pyinfra.operations import files, python, server
 
 from mineru_fleet.controller import seedstore
+from mineru_fleet.controller.facts import PrunableClassFolders
 from mineru_fleet.core.compileclass import cache_root, class_dir, server_gpus
 from mineru_fleet.core.planner import Plan
 from mineru_fleet.core.settings import Settings
-from mineru_fleet.core.units import paths
+from mineru_fleet.core.units import ENV_DIR, RECORDS, paths
 from mineru_fleet.onhost.compilecache import CLASS_FILE, COMPLETE
 from mineru_fleet.paths import ONHOST
 
@@ -65,11 +66,16 @@ def pack_command(settings: Settings, folder: str, out: str) -> str:
     return f"python3 {q(paths(settings)['bin_dir'] + '/' + TOOL)} pack --dir {q(folder)} --out {q(out)}"
 
 
+def prune_refs(settings: Settings) -> list[str]:
+    """Folders whose env files name class folders to keep: the servers' own and the current deployment record's."""
+    return [ENV_DIR, f"{settings.state_dir}/{RECORDS}/current"]
+
+
 def prune_command(settings: Settings, root: str, key: str) -> str:
     q = shlex.quote
-    records = f"{settings.state_dir}/deployments"
+    refs = " ".join(f"--refs-in {q(r)}" for r in prune_refs(settings))
     return (f"python3 {q(paths(settings)['bin_dir'] + '/' + TOOL)} prune --root {q(root)} --keep {int(settings.compile_cache_keep)}"
-            f" --protect {q(key)} --refs-in /etc/mineru-fleet --refs-in {q(records)}")
+            f" --protect {q(key)} {refs}")
 
 
 @deploy("Compile cache: seed")
@@ -119,9 +125,8 @@ def harvest(plan: Plan, settings: Settings) -> None:
                         host_name=host.name)
             files.file(name="Remove the packed seed from the host", path=out, present=False)
         root = f"{cache_root(settings.state_dir, sv.name)}/compile"
-        found = host.get_fact(FindDirectories, path=root, maxdepth=1) or []
-        names = {d.rsplit("/", 1)[-1] for d in found if d.rstrip("/") != root} - {cls.key}
-        if len([n for n in names if not n.startswith(".")]) + 1 > settings.compile_cache_keep or any(n.startswith(".") for n in names):
+        if host.get_fact(PrunableClassFolders, root=root, keep=settings.compile_cache_keep, protect=cls.key,
+                         refs_in=prune_refs(settings)):
             server.shell(name=f"Prune server {sv.name}'s old class folders (keep {settings.compile_cache_keep})",
                          commands=[prune_command(settings, root, cls.key)])
 

@@ -120,7 +120,7 @@ unknown `mineru_*` key stops the deploy with the closest known name.
 # Controller store of the seeds: <dir>/<class key>/seed.tar.gz.
 # mineru_compile_cache_dir = '~/.cache/mineru-fleet/compile-cache'
 
-# Class folders kept per server on a host (the current one and those a deployment record names are always kept): a rollback to the previous class starts warm.
+# Class folders kept per server on a host, the most recently finished first (those the servers' env files and the current deployment record name are always kept): a rollback to the previous class starts warm.
 # mineru_compile_cache_keep = 3
 
 # Releases (venvs) live in <install_dir>/releases/<id>.

@@ -77,6 +77,13 @@ class PreflightFiles(FactBase):
         return split_marked(output)
 
 
+
+def _compilecache_program() -> str:
+    from mineru_fleet.paths import ONHOST
+
+    return (ONHOST / "compilecache.py").read_text()
+
+
 class CompileHardware(FactBase):
     """The host's compile hardware (``mineru_fleet/onhost/compilecache.py hardware``), run with ``python3 -c`` so
     that it needs nothing installed; ``{}`` when the host cannot tell (no python3).
@@ -88,10 +95,7 @@ class CompileHardware(FactBase):
     """
 
     def command(self) -> str:
-        from mineru_fleet.paths import ONHOST
-
-        program = (ONHOST / "compilecache.py").read_text()
-        return f"python3 -c {shlex.quote(program)} hardware 2>/dev/null || echo '{{}}'"
+        return f"python3 -c {shlex.quote(_compilecache_program())} hardware 2>/dev/null || echo '{{}}'"
 
     def process(self, output: list[str]) -> dict:
         import json
@@ -101,3 +105,24 @@ class CompileHardware(FactBase):
         except ValueError:
             return {}
         return value if isinstance(value, dict) else {}
+
+
+class PrunableClassFolders(FactBase):
+    """The class folders ``compilecache.py prune`` would remove under ``root`` (a dry run): a deploy prunes only
+    when this is not empty, so a converged host gets no operation.
+
+    Example::
+
+        host.get_fact(PrunableClassFolders, root="/var/lib/mineru-fleet/cache/0/compile", keep=3, protect="ab12...",
+                      refs_in=["/etc/mineru-fleet", "/var/lib/mineru-fleet/deployments"])
+        ["0f3e...", ".ab12....partial-4711"]
+    """
+
+    def command(self, root: str, keep: int, protect: str, refs_in: list[str]) -> str:
+        q = shlex.quote
+        refs = " ".join(f"--refs-in {q(r)}" for r in refs_in)
+        return (f"python3 -c {q(_compilecache_program())} prune --dry-run --root {q(root)} --keep {int(keep)} "
+                f"--protect {q(protect)} {refs} 2>/dev/null || true")
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line[len("@prune "):] for line in output if line.startswith("@prune ")]

@@ -228,8 +228,8 @@ class Settings(BaseModel):
         "~/.cache/mineru-fleet/compile-cache", description="Controller store of the seeds: <dir>/<class key>/seed.tar.gz."
     )
     compile_cache_keep: int = Field(
-        3, ge=1, le=100, description="Class folders kept per server on a host (the current one and those a deployment "
-        "record names are always kept): a rollback to the previous class starts warm.",
+        3, ge=1, le=100, description="Class folders kept per server on a host, the most recently finished first (those the "
+        "servers' env files and the current deployment record name are always kept): a rollback to the previous class starts warm.",
     )
     # --- paths and install -----------------------------------------------------------------
     install_dir: str = Field("/opt/mineru-fleet", description="Releases (venvs) live in <install_dir>/releases/<id>.")

@@ -7,7 +7,7 @@ Standard library only; copied to hosts as ``/opt/mineru-fleet/bin/mineru-fleet-c
     python3 compilecache.py hardware                         # this host's compile hardware, JSON
     python3 compilecache.py pack --dir CLASS_DIR --out SEED  # a finished class folder -> a seed (tar.gz)
     python3 compilecache.py install --seed SEED --dir CLASS_DIR --key KEY --user mineru [--gpus 0,1]
-    python3 compilecache.py prune --root CACHE/compile --keep 3 --protect KEY [--refs-in DIR ...]
+    python3 compilecache.py prune --root CACHE/compile --keep 3 --protect KEY [--refs-in DIR ...] [--dry-run]
 
 A server's compile caches live in ``<state_dir>/cache/<server>/compile/<class key>/`` (``vllm/``,
 ``inductor/``, ``triton/``, and ``class.json``: what the key was computed from). The key is computed on
@@ -291,9 +291,10 @@ def _merge(src: str, dst: str) -> int:
     return added
 
 
-def prune(root: str, keep: int, protect: set[str], refs_in: list[str]) -> list[str]:
+def prune(root: str, keep: int, protect: set[str], refs_in: list[str], dry_run: bool = False) -> list[str]:
     """Remove class folders under ``root`` beyond the ``keep`` most recently used, never one in ``protect`` or named
-    by a file under ``refs_in`` (the env files of the servers and of their deployment records). Returns the removed."""
+    by a file under ``refs_in`` (the env files of the servers and of their deployment records), and the staging
+    folders an interrupted install left. Returns what was (``dry_run``: would be) removed."""
     referenced = set(protect)
     for d in refs_in:
         for top, _dirs, names in os.walk(d):
@@ -313,11 +314,11 @@ def prune(root: str, keep: int, protect: set[str], refs_in: list[str]) -> list[s
     classes = sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.stat().st_mtime, reverse=True)
     for i, e in enumerate(classes):
         if i >= keep and e.name not in referenced:
-            shutil.rmtree(e.path, ignore_errors=True)
             removed.append(e.name)
-    for e in entries:  # staging folders an interrupted install left
-        if e.name.startswith(".") and ".partial-" in e.name:
-            shutil.rmtree(e.path, ignore_errors=True)
+    removed += [e.name for e in entries if e.name.startswith(".") and ".partial-" in e.name]
+    if not dry_run:
+        for name in removed:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     return removed
 
 
@@ -339,6 +340,7 @@ def main(argv: list[str]) -> int:
     r.add_argument("--keep", type=int, default=3)
     r.add_argument("--protect", action="append", default=[])
     r.add_argument("--refs-in", action="append", default=[])
+    r.add_argument("--dry-run", action="store_true", help="print what would be removed (one '@prune NAME' a line)")
     a = ap.parse_args(argv)
     if a.cmd == "hardware":
         print(json.dumps(hardware(), sort_keys=True))
@@ -361,7 +363,10 @@ def main(argv: list[str]) -> int:
             if shutil.which("logger"):
                 _run(["logger", "-t", "mineru-fleet-compilecache", "-p", "user.warning", "--", msg])
         return 0
-    removed = prune(a.root, a.keep, set(a.protect), a.refs_in)
+    removed = prune(a.root, a.keep, set(a.protect), a.refs_in, a.dry_run)
+    if a.dry_run:
+        print("".join(f"@prune {name}\n" for name in removed), end="")
+        return 0
     print(f"compile cache: removed {len(removed)} old class folder(s): {' '.join(removed) or '-'}")
     return 0
 

@@ -257,8 +257,22 @@ def test_prune_keeps_the_newest_the_protected_and_the_referenced(tmp_path):
     envs = tmp_path / "etc"
     envs.mkdir()
     (envs / "mineru-vllm@0.env").write_text('TORCHINDUCTOR_CACHE_DIR="/var/lib/mineru-fleet/cache/0/compile/a1/inductor"\n')
+    assert sorted(tool.prune(str(root), 2, {"b2"}, [str(envs)], dry_run=True)) == [".x.partial-12", "c3"]
+    assert len(list(root.iterdir())) == 6  # a dry run removes nothing
     removed = tool.prune(str(root), 2, {"b2"}, [str(envs)])
-    assert sorted(removed) == ["c3"] and sorted(p.name for p in root.iterdir()) == ["a1", "b2", "d4", "e5"]
+    assert sorted(removed) == [".x.partial-12", "c3"] and sorted(p.name for p in root.iterdir()) == ["a1", "b2", "d4", "e5"]
+    assert tool.prune(str(root), 2, {"b2"}, [str(envs)], dry_run=True) == []  # converged: the deploy emits no prune
+
+
+def test_the_prune_fact_reads_the_dry_run(tmp_path):
+    from mineru_fleet.controller.facts import PrunableClassFolders
+
+    fact = PrunableClassFolders()
+    cmd = fact.command(root=str(tmp_path / "none"), keep=3, protect="k", refs_in=["/etc/mineru-fleet"])
+    import subprocess
+
+    assert subprocess.run(["sh", "-c", cmd], capture_output=True, text=True).stdout == ""
+    assert fact.process(["@prune ab12", "noise", "@prune .x.partial-3"]) == ["ab12", ".x.partial-3"]
 
 
 # ------------------------------------------------------------------------------------------------
