@@ -11,6 +11,7 @@ Example (deploy.py)::
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from pyinfra import host, inventory, logger
@@ -54,14 +55,26 @@ def host_roles(h: Host | None = None) -> tuple[bool, bool]:
     return haproxy.roles_of((host if h is None else h).groups, universal_groups())
 
 
+#: every serving host's preflight asks for the balancers' facts while pyinfra prepares the hosts at once (gevent
+#: greenlets): without this lock each one opened its own connection to the same balancer host, and with 6 hosts the
+#: prepare hung for good (paramiko: "unhandled type 3"). The first one loads them, the others wait and reuse them.
+_BALANCERS_LOCK = threading.Lock()
+_BALANCERS: dict[tuple[str, ...], list[str]] = {}
+
+
 def balancer_addresses() -> list[str]:
-    """The addresses of the inventory's balancer hosts (their facts), for the servers' allow-list."""
-    out: list[str] = []
-    for b in inventory.get_group(haproxy.GROUP, []):
-        for a in haproxy.host_addresses(b.get_fact(Ipv4Addrs), b.get_fact(Ipv6Addrs)):
-            if a not in out:
-                out.append(a)
-    return out
+    """The addresses of the inventory's balancer hosts (their facts, loaded once per run), for the servers' allow-list."""
+    balancers = list(inventory.get_group(haproxy.GROUP, []))
+    names = tuple(b.name for b in balancers)
+    with _BALANCERS_LOCK:
+        if names not in _BALANCERS:
+            out: list[str] = []
+            for b in balancers:
+                for a in haproxy.host_addresses(b.get_fact(Ipv4Addrs), b.get_fact(Ipv6Addrs)):
+                    if a not in out:
+                        out.append(a)
+            _BALANCERS[names] = out
+        return list(_BALANCERS[names])
 
 
 def model_facts(settings: Settings, folder: Path | None = None, manifest: dict | None = None) -> modelinfo.ModelFacts:
