@@ -46,6 +46,9 @@ WIPE = ("systemctl disable --now 'mineru-vllm@*.service' mineru-vllm@0.service 2
         "systemctl reset-failed 'mineru-vllm@*' 2>/dev/null; true")
 ENV = {**os.environ, "MODELSCOPE_LOG_LEVEL": "40", "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
        "ANSIBLE_NOCOLOR": "1", "PYTHONUNBUFFERED": "1"}
+#: both tools as on a user's machine, with Python's bytecode cache: a shell that sets PYTHONDONTWRITEBYTECODE (the
+#: dev machine's does) makes each run of either compile every module it imports again (~1 s for pyinfra + ours)
+ENV.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def log(msg: str) -> None:

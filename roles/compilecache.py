@@ -42,6 +42,7 @@ from mineru_fleet.core.settings import Settings
 from mineru_fleet.core.units import ENV_DIR, RECORDS, paths
 from mineru_fleet.onhost.compilecache import CLASS_FILE, COMPLETE
 from mineru_fleet.paths import ONHOST
+from roles.batch import Batch
 
 TOOL = "mineru-fleet-compilecache"
 #: class key -> the host that harvests it in this run (the first to ask): one fetch per class per run
@@ -82,26 +83,30 @@ def prune_command(settings: Settings, root: str, key: str) -> str:
 def seed(plan: Plan, settings: Settings) -> None:
     """Each server's class folder, filled from the controller's seed of its class when it is not finished here."""
     user = settings.service_user
-    files.put(name="Compile cache tool", src=str(ONHOST / "compilecache.py"), dest=f"{paths(settings)['bin_dir']}/{TOOL}", mode="755")
+    b = Batch()  # one command reads all of it; a converged host gets no operation (roles/batch.py)
+    b.put(name="Compile cache tool", src=str(ONHOST / "compilecache.py"), dest=f"{paths(settings)['bin_dir']}/{TOOL}", mode="755")
     for sv in plan.servers:
         cls = plan.compile_classes[sv.name]
         folder = class_dir(settings.state_dir, sv.name, cls.key)
         root = cache_root(settings.state_dir, sv.name)
         for d in (root, f"{root}/compile", folder):
-            files.directory(name=f"Compile cache folder {d}", path=d, user=user, group=user, mode="700")
-        files.put(name=f"Compile class of server {sv.name}: {cls.key}", src=io.StringIO(cls.class_json()),
-                  dest=f"{folder}/{CLASS_FILE}", user="root", group="root", mode="644")
+            b.directory(name=f"Compile cache folder {d}", path=d, user=user, group=user, mode="700")
+        b.put(name=f"Compile class of server {sv.name}: {cls.key}", src=io.StringIO(cls.class_json()),
+              dest=f"{folder}/{CLASS_FILE}", user="root", group="root", mode="644")
         if not (settings.compile_cache_seed and cls.seedable) or host.get_fact(File, path=f"{folder}/{COMPLETE}"):
             continue  # sharing off, hardware unknown, or this host has the class's caches already
         src = seedstore.seed_path(settings, cls.key)
         if not src.is_file():
             continue  # the first server of its class: it compiles, ``harvest`` keeps its caches
         dest = f"{seeds_dir(settings)}/{cls.key}.tar.gz"
-        files.directory(name="Compile cache seeds folder", path=seeds_dir(settings), user="root", group="root", mode="700")
-        files.put(name=f"Send the compile cache seed of class {cls.key} (server {sv.name})", src=str(src), dest=dest,
-                  user="root", group="root", mode="600")
-        server.shell(name=f"Install the seed into server {sv.name}'s class folder (checked with this host's hardware)",
-                     commands=[install_command(settings, dest, folder, cls.key, server_gpus(sv))])
+        b.then(lambda: files.directory(name="Compile cache seeds folder", path=seeds_dir(settings), user="root", group="root", mode="700"))
+        b.then(lambda src=src, dest=dest, sv=sv, cls=cls: files.put(
+            name=f"Send the compile cache seed of class {cls.key} (server {sv.name})", src=str(src), dest=dest,
+            user="root", group="root", mode="600"))
+        b.then(lambda dest=dest, folder=folder, cls=cls, sv=sv: server.shell(
+            name=f"Install the seed into server {sv.name}'s class folder (checked with this host's hardware)",
+            commands=[install_command(settings, dest, folder, cls.key, server_gpus(sv))]))
+    b.apply()
 
 
 @deploy("Compile cache: harvest")
@@ -110,8 +115,10 @@ def harvest(plan: Plan, settings: Settings) -> None:
     for sv in plan.servers:
         cls = plan.compile_classes[sv.name]
         folder = class_dir(settings.state_dir, sv.name, cls.key)
-        files.file(name=f"Server {sv.name}'s class folder finished (its server passed the gate)", path=f"{folder}/{COMPLETE}",
-                   present=True, touch=False, user="root", group="root", mode="644")
+        done = Batch()  # a finished folder: no operation
+        done.file(name=f"Server {sv.name}'s class folder finished (its server passed the gate)", path=f"{folder}/{COMPLETE}",
+                  user="root", group="root", mode="644")
+        done.apply()
         if (settings.compile_cache_seed and cls.seedable and not seedstore.seed_path(settings, cls.key).is_file()
                 and _HARVESTER.setdefault(cls.key, host.name) == host.name):
             out = f"{seeds_dir(settings)}/out-{cls.key}.tar.gz"

@@ -97,6 +97,27 @@ def resolve_model(settings: Settings, name: str | None = None) -> modelstore.Pre
         raise PreflightError(f"{name or host.name}: model {settings.model_id}@{settings.model_revision}: {e}") from None
 
 
+class _Background:
+    """``fn(*args)`` in a thread (a greenlet under pyinfra's gevent patching); ``result()`` waits, re-raises."""
+
+    def __init__(self, fn, *args):
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            self._error = e
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def preflight(show: bool = True) -> Plan:
     """Gather this host's facts and return its plan; raise ``PreflightError`` if it cannot be served."""
     if show:
@@ -110,8 +131,9 @@ def plan_host(h: Host, show: bool = False) -> Plan:
     the balancer role plans every serving host). The addresses of the inventory's balancers join the
     servers' allow-list when it is on (``haproxy.with_balancers``)."""
     settings = host_settings(h)
-    prepared = resolve_model(settings, h.name)
+    pending = _Background(resolve_model, settings, h.name)  # the hub's answer while the host answers its facts
     files = h.get_fact(PreflightFiles, paths=host_paths(h.data.dict()), user=settings.service_user)
+    prepared = pending.result()
     try:
         facts = build_host_facts(h.name, files or {})
         s = haproxy.with_balancers(settings, balancer_addresses())

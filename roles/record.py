@@ -18,11 +18,11 @@ import json
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files
 
 from mineru_fleet.core.planner import Plan
 from mineru_fleet.core.settings import Settings
 from mineru_fleet.core.units import RECORDS, UNIT_NAME, deployment_record, render_env_file, render_unit
+from roles.batch import Batch
 
 
 def records_dir(settings: Settings) -> str:
@@ -35,14 +35,16 @@ def record(plan: Plan, settings: Settings, release: str) -> str:
     rid, rec = deployment_record(plan, settings, host.name, release)
     top = records_dir(settings)
     here = f"{top}/{rid}"
-    files.directory(name="Deployment records folder", path=top, user="root", group="root", mode="700")
-    files.directory(name=f"Deployment record {rid}", path=here, user="root", group="root", mode="700")
-    files.put(name="Record: the unit", src=io.StringIO(render_unit(plan, settings)), dest=f"{here}/{UNIT_NAME}",
-              user="root", group="root", mode="600")
+    b = Batch()  # one command reads all of it; a converged host gets no operation (roles/batch.py)
+    b.directory(name="Deployment records folder", path=top, user="root", group="root", mode="700")
+    b.directory(name=f"Deployment record {rid}", path=here, user="root", group="root", mode="700")
+    b.put(name="Record: the unit", src=io.StringIO(render_unit(plan, settings)), dest=f"{here}/{UNIT_NAME}",
+          user="root", group="root", mode="600")
     for sv in plan.servers:
-        files.put(name=f"Record: environment of server {sv.name}", src=io.StringIO(render_env_file(sv, host.name)),
-                  dest=f"{here}/mineru-vllm@{sv.name}.env", user="root", group="root", mode="600")
-    files.put(name="Record: what runs", src=io.StringIO(json.dumps(rec, indent=1, sort_keys=True) + "\n"),
-              dest=f"{here}/record.json", user="root", group="root", mode="600")
-    files.link(name=f"Current deployment -> {rid}", path=f"{top}/current", target=rid, force=True, force_backup=False)
+        b.put(name=f"Record: environment of server {sv.name}", src=io.StringIO(render_env_file(sv, host.name)),
+              dest=f"{here}/mineru-vllm@{sv.name}.env", user="root", group="root", mode="600")
+    b.put(name="Record: what runs", src=io.StringIO(json.dumps(rec, indent=1, sort_keys=True) + "\n"),
+          dest=f"{here}/record.json", user="root", group="root", mode="600")
+    b.link(name=f"Current deployment -> {rid}", path=f"{top}/current", target=rid)
+    b.apply()
     return rid

@@ -18,7 +18,7 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
-from pyinfra.operations import files, server
+from pyinfra.operations import server
 
 from mineru_fleet.controller.locks import release_lock
 from mineru_fleet.paths import ONHOST, REPO
@@ -26,6 +26,7 @@ from mineru_fleet.core.planner import Plan
 from mineru_fleet.core.settings import Settings
 from mineru_fleet.core.units import paths
 from mineru_fleet.controller.wheelhouse import release_id
+from roles.batch import Batch
 
 COMPLETE = ".mineru-fleet-complete"
 CUDA_NCCL = "2.27.3"  # nvidia-nccl-cu12 pinned by locks/cuda.txt (torch 2.8.0)
@@ -100,23 +101,22 @@ def runtime(plan: Plan, settings: Settings) -> list:
     venv = f"{rel}/venv"
     user = settings.service_user
 
-    server.group(name=f"Group {user}", group=user, system=True)
-    server.user(
-        name=f"User {user} (system, no login)",
-        user=user, group=user, system=True, shell="/usr/sbin/nologin", home=f"{settings.state_dir}/home",
-        create_home=False, ensure_home=False,
-    )
+    b = Batch()  # one command reads all of it; a converged host gets no operation (roles/batch.py)
+    b.group(name=f"Group {user}", group=user, system=True)
+    b.user(name=f"User {user} (system, no login)", user=user, group=user, system=True, shell="/usr/sbin/nologin",
+           home=f"{settings.state_dir}/home")
     for d in (settings.install_dir, p["releases"], p["bin_dir"], rel):
-        files.directory(name=f"Directory {d}", path=d, user="root", group="root", mode="755")
-    files.put(name="uv binary", src=controller_uv(), dest=f"{p['bin_dir']}/uv", mode="755")
-    files.put(name="Readiness gate", src=str(ONHOST / "ready.py"), dest=f"{p['bin_dir']}/mineru-fleet-ready", mode="755")
-    files.put(name="GPU check", src=str(ONHOST / "gpucheck.py"), dest=f"{p['bin_dir']}/mineru-fleet-gpucheck", mode="755")
-    files.put(name=f"Lock {plan.profile}", src=str(lock), dest=f"{rel}/lock.txt", mode="644")
+        b.directory(name=f"Directory {d}", path=d, user="root", group="root", mode="755")
+    b.put(name="uv binary", src=controller_uv(), dest=f"{p['bin_dir']}/uv", mode="755")
+    b.put(name="Readiness gate", src=str(ONHOST / "ready.py"), dest=f"{p['bin_dir']}/mineru-fleet-ready", mode="755")
+    b.put(name="GPU check", src=str(ONHOST / "gpucheck.py"), dest=f"{p['bin_dir']}/mineru-fleet-gpucheck", mode="755")
+    b.put(name=f"Lock {plan.profile}", src=str(lock), dest=f"{rel}/lock.txt", mode="644")
 
     changes = []
     if not host.get_fact(File, path=f"{venv}/{COMPLETE}"):
         steps = release_steps(plan, settings, rel)
-        changes.append(server.shell(name=f"Install release {rid} ({plan.profile})", commands=[steps]))
+        changes.append(b.then(lambda: server.shell(name=f"Install release {rid} ({plan.profile})", commands=[steps])))
 
-    link = files.link(name=f"Current release -> {rid}", path=p["current"], target=rel, force=True, force_backup=False)
+    link = b.link(name=f"Current release -> {rid}", path=p["current"], target=rel)
+    b.apply()
     return changes + [link]

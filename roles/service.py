@@ -15,13 +15,14 @@ import shlex
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FindFiles
-from pyinfra.facts.systemd import SystemdStatus
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from mineru_fleet.core.planner import Plan
 from mineru_fleet.core.settings import Settings
 from mineru_fleet.core.units import ENV_DIR, UNIT_NAME, env_file_path, render_env_file, render_unit
+from roles.batch import Batch
 
 
 def instance(name: str) -> str:
@@ -32,21 +33,24 @@ def instance(name: str) -> str:
 def service(plan: Plan, settings: Settings, restart_triggers: list) -> list:
     """Install and (re)start every planned server; returns the operations that (re)started one."""
     user = settings.service_user
-    files.directory(name="Config folder", path=ENV_DIR, user="root", group="root", mode="755")
+    b = Batch()  # one command reads all of it; a converged host gets no operation (roles/batch.py)
+    b.directory(name="Config folder", path=ENV_DIR, user="root", group="root", mode="755")
     for d in (settings.state_dir, f"{settings.state_dir}/cache"):
-        files.directory(name=f"Directory {d}", path=d, user="root", group="root", mode="755")
-    files.directory(name="Service home", path=f"{settings.state_dir}/home", user=user, group=user, mode="700")
-    unit = files.put(
+        b.directory(name=f"Directory {d}", path=d, user="root", group="root", mode="755")
+    b.directory(name="Service home", path=f"{settings.state_dir}/home", user=user, group=user, mode="700")
+    unit = b.put(
         name=f"Unit {UNIT_NAME}", src=io.StringIO(render_unit(plan, settings)), dest=f"/etc/systemd/system/{UNIT_NAME}",
         user="root", group="root", mode="644",
     )
-    systemd.daemon_reload(name="systemd daemon-reload (unit changed)", _if=unit.did_change)
+    b.then(lambda: systemd.daemon_reload(name="systemd daemon-reload (unit changed)", _if=unit.did_change))
 
-    status = host.get_fact(SystemdStatus, services=[instance(sv.name) for sv in plan.servers]) or {}
+    names = [instance(sv.name) for sv in plan.servers]
+    status = host.get_fact(SystemdStatus, services=names) or {}
+    enabled = host.get_fact(SystemdEnabled, services=names) or {}
     started = []
     for sv in plan.servers:
-        files.directory(name=f"Cache of server {sv.name}", path=f"{settings.state_dir}/cache/{sv.name}", user=user, group=user, mode="700")
-        env = files.put(
+        b.directory(name=f"Cache of server {sv.name}", path=f"{settings.state_dir}/cache/{sv.name}", user=user, group=user, mode="700")
+        env = b.put(
             name=f"Environment of server {sv.name}", src=io.StringIO(render_env_file(sv, host.name)), dest=env_file_path(sv),
             user="root", group="root", mode="600",
         )
@@ -56,16 +60,18 @@ def service(plan: Plan, settings: Settings, restart_triggers: list) -> list:
         reset = f"systemctl reset-failed {shlex.quote(instance(sv.name))} 2>/dev/null || true"
         triggers = any_changed(unit, env, *restart_triggers)
         if status.get(instance(sv.name)):  # a stopped server is started below, not restarted
-            server.shell(name=f"Reset server {sv.name}'s start limit (it restarts next)", commands=[reset], _if=triggers)
-            started.append(
-                systemd.service(
-                    name=f"Restart server {sv.name} (its unit, env, runtime or model changed)", service=instance(sv.name),
-                    running=None, restarted=True, _if=triggers,
-                )
-            )
+            b.then(lambda reset=reset, triggers=triggers, sv=sv: server.shell(
+                name=f"Reset server {sv.name}'s start limit (it restarts next)", commands=[reset], _if=triggers))
+            started.append(b.then(lambda triggers=triggers, sv=sv: systemd.service(
+                name=f"Restart server {sv.name} (its unit, env, runtime or model changed)", service=instance(sv.name),
+                running=None, restarted=True, _if=triggers)))
         else:
-            server.shell(name=f"Clear server {sv.name}'s failed state and start limit (not running)", commands=[reset])
-        started.append(systemd.service(name=f"Server {sv.name} enabled and running", service=instance(sv.name), running=True, enabled=True))
+            b.then(lambda reset=reset, sv=sv: server.shell(
+                name=f"Clear server {sv.name}'s failed state and start limit (not running)", commands=[reset]))
+        if not (status.get(instance(sv.name)) and enabled.get(instance(sv.name))):  # running and enabled: nothing to do
+            started.append(b.then(lambda sv=sv: systemd.service(
+                name=f"Server {sv.name} enabled and running", service=instance(sv.name), running=True, enabled=True)))
+    b.apply()
 
     # instances the plan no longer has
     planned = {env_file_path(sv) for sv in plan.servers}

@@ -126,3 +126,23 @@ class PrunableClassFolders(FactBase):
 
     def process(self, output: list[str]) -> list[str]:
         return [line[len("@prune "):] for line in output if line.startswith("@prune ")]
+
+
+class PathStates(FactBase):
+    """Type, mode, owner, SHA-1 (files) or target (links) of each path, and the passwd/group entry of each account,
+    in one command (``mineru_fleet.core.pathstate``): ``roles/batch.py`` skips what is already converged.
+
+    Example::
+
+        host.get_fact(PathStates, paths=["/opt/mineru-fleet", "/opt/mineru-fleet/bin/uv"], users=["mineru"])
+        {"/opt/mineru-fleet": PathState(kind="directory", mode=0o755, user="root", group="root"), ...,
+         ("user", "mineru"): Account(exists=True, fields=("mineru", "x", "999", ...))}
+    """
+
+    def command(self, paths: tuple = (), users: tuple = (), groups: tuple = ()) -> str:
+        from mineru_fleet.core import pathstate
+
+        return "sh -c " + shlex.quote(pathstate.script(list(paths), list(users), list(groups)))
+
+    def process(self, output: list[str]) -> list[str]:
+        return list(output)  # parsed by the caller, who knows the paths it asked for

@@ -168,6 +168,32 @@ def test_second_deploy_changes_nothing_and_restarts_nothing(ti):
     assert {ip: main_pid(h) for ip, h in ti.items()} == before
 
 
+def test_a_no_op_run_still_repairs_drift_it_no_longer_asks_about_one_by_one(ti):
+    """A converged host gets no file operation (roles/batch.py reads every managed path in one command), so drift
+    must still be seen in that one read: content, mode, owner and a link target, each repaired; no restart (none
+    of these feeds a restart)."""
+    ip, h = next(iter(ti.items()))
+    tool = "/opt/mineru-fleet/bin/mineru-fleet-compilecache"
+    gate = "/opt/mineru-fleet/bin/mineru-fleet-ready"
+    home = "/var/lib/mineru-fleet/home"
+    current = "/var/lib/mineru-fleet/deployments/current"
+    good = {p: h.check_output(f"sha1sum {p} | cut -d' ' -f1") for p in (tool, gate)}
+    record = h.check_output(f"readlink {current}")
+    pid = main_pid(h)
+    h.check_output(f"printf '#' >> {tool} && chmod 777 {gate} && chown root:root {home} && ln -sfn elsewhere {current}")
+    out = run_deploy(quickstart.INVENTORY)
+    changed, _ = summary(out)
+    assert changed >= 4, out[-3000:]
+    for p, sha in good.items():
+        assert h.check_output(f"sha1sum {p} | cut -d' ' -f1") == sha
+    assert h.file(gate).mode == 0o755
+    assert h.file(home).user == "mineru" and h.file(home).mode == 0o700
+    assert h.check_output(f"readlink {current}") == record
+    assert main_pid(h) == pid
+    changed, _ = summary(run_deploy(quickstart.INVENTORY))
+    assert changed == 0
+
+
 def test_changing_one_variable_restarts_exactly_that_server(ti, hosts, tmp_path):
     if len(hosts) < 2:
         pytest.skip("needs two sandbox hosts (MINERU_FLEET_E2E_HOSTS=2)")
