@@ -81,6 +81,19 @@ def commit_id(files: list[dict]) -> str:
     return hashlib.sha1(json.dumps([(f["Path"], f["Sha256"]) for f in files]).encode()).hexdigest()
 
 
+#: (path, size, mtime_ns, inode) -> SHA-256: a real hub stores each file's hash when it is uploaded; without this
+#: cache every revisions or files request hashed every file of every revision (3 s per request with a 2 GiB model)
+_SHA256: dict[tuple, str] = {}
+
+
+def _sha256(p: Path) -> str:
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SHA256:
+        _SHA256[key] = sha256_file(p)
+    return _SHA256[key]
+
+
 def file_list(rev_dir: Path) -> list[dict]:
     """The hub's file list of a revision folder, in the shape modelscope's API returns."""
     files = []
@@ -89,7 +102,7 @@ def file_list(rev_dir: Path) -> list[dict]:
             continue
         rel = p.relative_to(rev_dir).as_posix()
         files.append({"Name": p.name, "Path": rel, "Type": "blob", "Size": p.stat().st_size,
-                      "Sha256": sha256_file(p), "IsLFS": p.stat().st_size > 1 << 20, "Mode": "33188",
+                      "Sha256": _sha256(p), "IsLFS": p.stat().st_size > 1 << 20, "Mode": "33188",
                       "CommittedDate": CREATED_AT})
     cid = commit_id(files)
     for f in files:
