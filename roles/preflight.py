@@ -133,13 +133,15 @@ def plan_host(h: Host, show: bool = False) -> Plan:
     settings = host_settings(h)
     pending = _Background(resolve_model, settings, h.name)  # the hub's answer while the host answers its facts
     files = h.get_fact(PreflightFiles, paths=host_paths(h.data.dict()), user=settings.service_user)
+    hardware = h.get_fact(CompileHardware) or {}
+    balancers = balancer_addresses()
     prepared = pending.result()
     try:
         facts = build_host_facts(h.name, files or {})
-        s = haproxy.with_balancers(settings, balancer_addresses())
+        s = haproxy.with_balancers(settings, balancers)
         p = plan(facts, s, model_facts(settings, prepared.folder, prepared.manifest))
         p.warnings.extend(modelstore.revision_findings(settings, prepared.manifest))
-        p = with_compile_classes(h, p, settings, prepared.manifest)
+        p = with_compile_classes(p, settings, hardware, prepared.manifest)
     except LockFileError as e:
         raise PreflightError(f"{host.name}: {e}") from None
     except FactsError as e:
@@ -151,7 +153,8 @@ def plan_host(h: Host, show: bool = False) -> Plan:
     return p
 
 
-def with_compile_classes(h: Host, p: Plan, settings: Settings, manifest: dict) -> Plan:
-    """``p`` with each server's compile class (``mineru_fleet/core/compileclass.py``): its caches go to the class
-    folder, which a seed of the same class may fill before the server starts (``roles/compilecache.py``)."""
-    return seedstore.with_classes(p, settings, h.get_fact(CompileHardware) or {}, manifest)
+def with_compile_classes(p: Plan, settings: Settings, hardware: dict, manifest: dict) -> Plan:
+    """``p`` with each server's compile class (``mineru_fleet/core/compileclass.py``) from the host's compile hardware
+    (the ``CompileHardware`` fact): its caches go to the class folder, which a seed of the same class may fill before
+    the server starts (``roles/compilecache.py``)."""
+    return seedstore.with_classes(p, settings, hardware, manifest)
