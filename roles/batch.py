@@ -2,7 +2,7 @@
 pyinfra operation. What makes a no-op deploy cheap.
 
 pyinfra's own operations ask the host one question per SSH command when they run (``files.put``: the file, its
-folder, its SHA-1), ~50 ms each: 70 commands for a host that changes nothing. A role declares what it converges on
+folder, its SHA-1), ~50 ms each: 65 commands for a host that changes nothing. A role declares what it converges on
 a ``Batch``, in order, then ``apply()``: one ``PathStates`` fact reads every path and account, and each item that is
 already what it should be (same type, owner, mode, content SHA-1 or link target; the same checks pyinfra's
 operation makes) is left out; the rest are the usual ``files.*`` / ``server.*`` operations, which check again at
@@ -24,30 +24,14 @@ its batch.
 
 from __future__ import annotations
 
-import hashlib
-import io
-from pathlib import Path
 from typing import Callable
 
 from pyinfra import host
+from pyinfra.api.util import get_file_sha1
 from pyinfra.operations import files, server
 
 from mineru_fleet.controller.facts import PathStates
 from mineru_fleet.core import pathstate
-
-
-def sha1_of(src) -> str:
-    """The SHA-1 ``files.put`` compares: a local file's bytes, or a StringIO's text as UTF-8."""
-    h = hashlib.sha1()
-    if isinstance(src, io.StringIO):
-        h.update(src.getvalue().encode())
-    elif isinstance(src, io.BytesIO):
-        h.update(src.getvalue())
-    else:
-        with open(Path(src), "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 class Item:
@@ -57,7 +41,6 @@ class Item:
         self._emit, self._ok = emit, ok
         self.paths, self.users, self.groups = tuple(paths), tuple(users), tuple(groups)
         self.meta = None
-        self.skipped = False
 
     def did_change(self) -> bool:
         return bool(self.meta is not None and self.meta.did_change())
@@ -76,9 +59,7 @@ class Batch:
                               lambda s: pathstate.directory_ok(s[path], user, group, mode), paths=[path]))
 
     def put(self, name: str, src, dest: str, mode: str, user: str | None = None, group: str | None = None) -> Item:
-        sha1 = sha1_of(src)
-        if isinstance(src, io.StringIO):
-            src.seek(0)
+        sha1 = get_file_sha1(src)  # what files.put compares (cached by path: the put, if any, does not hash again)
         return self._add(Item(lambda: files.put(name=name, src=src, dest=dest, mode=mode, user=user, group=group),
                               lambda s: pathstate.file_ok(s[dest], sha1, user, group, mode), paths=[dest]))
 
@@ -117,6 +98,5 @@ class Batch:
             states = pathstate.parse(lines, paths, users, groups)
         for item in self.items:
             if item._ok is not None and states and item._ok(states):
-                item.skipped = True
                 continue
             item.meta = item._emit()

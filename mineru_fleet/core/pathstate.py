@@ -36,7 +36,7 @@ class PathState:
 
 @dataclass(frozen=True)
 class Account:
-    """A passwd or group entry (``getent``): None fields when there is none."""
+    """A passwd or group entry (``getent``): ``exists`` False and no fields when there is none."""
 
     exists: bool
     fields: tuple[str, ...] = ()

@@ -14,7 +14,7 @@ import pytest
 
 from mineru_fleet.core import pathstate
 from mineru_fleet.core.pathstate import MISSING, Account, PathState
-from roles.batch import sha1_of
+from pyinfra.api.util import get_file_sha1
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 MY_GROUP = grp.getgrgid(os.getgid()).gr_name
@@ -47,10 +47,10 @@ def test_the_script_reads_folders_files_links_and_missing_paths(tree):
 
 def test_a_converged_item_is_recognised_and_every_difference_keeps_the_operation(tree):
     f = str(tree / "d" / "a file with spaces.txt")
-    good = sha1_of(io.StringIO("hello\n"))
+    good = get_file_sha1(io.StringIO("hello\n"))
     st = read([f])[f]
     assert pathstate.file_ok(st, good, ME, MY_GROUP, "644")
-    assert not pathstate.file_ok(st, sha1_of(io.StringIO("hello")), ME, MY_GROUP, "644")   # content
+    assert not pathstate.file_ok(st, get_file_sha1(io.StringIO("hello")), ME, MY_GROUP, "644")   # content
     assert not pathstate.file_ok(st, good, ME, MY_GROUP, "600")                              # mode
     assert not pathstate.file_ok(st, good, "nobody-else", MY_GROUP, "644")                   # owner
     assert not pathstate.file_ok(st, good, ME, "nogroup-else", "644")                        # group
@@ -98,10 +98,12 @@ def test_an_entry_for_another_name_is_not_the_account():
     assert not pathstate.user_ok(s[("user", "mineru")], Account(True, ("mineru", "x", "1")), "/h", "/bin/sh")
 
 
-def test_sha1_matches_what_pyinfra_compares(tmp_path):
-    from pyinfra.api.util import get_file_sha1
-
+def test_the_scripts_sha1_is_the_one_files_put_compares(tmp_path):
+    """Batch.put compares pyinfra's get_file_sha1 of the source with the script's sha1sum on the host: equal for the
+    same bytes (a large binary, and a StringIO of non-ASCII text as files.put sends it)."""
     f = tmp_path / "x.bin"
     f.write_bytes(os.urandom(3 << 20))
-    assert sha1_of(str(f)) == get_file_sha1(str(f))
-    assert sha1_of(io.StringIO("unit ☃\n")) == get_file_sha1(io.StringIO("unit ☃\n"))
+    assert read([str(f)])[str(f)].sha1 == get_file_sha1(str(f))
+    t = tmp_path / "unit.txt"
+    t.write_bytes("unit ☃\n".encode())
+    assert read([str(t)])[str(t)].sha1 == get_file_sha1(io.StringIO("unit ☃\n"))
