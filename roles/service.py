@@ -57,20 +57,21 @@ def service(plan: Plan, settings: Settings, restart_triggers: list) -> list:
         # systemd counts every start against the unit's start limit (StartLimitBurst in StartLimitIntervalSec), a
         # deploy's restarts included: reset-failed resets that counter, so the limit counts crashes only, and a
         # server that failed at its limit (a crash loop) can be started again by the next good deploy
-        reset = f"systemctl reset-failed {shlex.quote(instance(sv.name))} 2>/dev/null || true"
+        unit_name = instance(sv.name)
+        reset = f"systemctl reset-failed {shlex.quote(unit_name)} 2>/dev/null || true"
         triggers = any_changed(unit, env, *restart_triggers)
-        if status.get(instance(sv.name)):  # a stopped server is started below, not restarted
+        if status.get(unit_name):  # a stopped server is started below, not restarted
             b.then(lambda reset=reset, triggers=triggers, sv=sv: server.shell(
                 name=f"Reset server {sv.name}'s start limit (it restarts next)", commands=[reset], _if=triggers))
-            started.append(b.then(lambda triggers=triggers, sv=sv: systemd.service(
-                name=f"Restart server {sv.name} (its unit, env, runtime or model changed)", service=instance(sv.name),
+            started.append(b.then(lambda triggers=triggers, sv=sv, unit_name=unit_name: systemd.service(
+                name=f"Restart server {sv.name} (its unit, env, runtime or model changed)", service=unit_name,
                 running=None, restarted=True, _if=triggers)))
         else:
             b.then(lambda reset=reset, sv=sv: server.shell(
                 name=f"Clear server {sv.name}'s failed state and start limit (not running)", commands=[reset]))
-        if not (status.get(instance(sv.name)) and enabled.get(instance(sv.name))):  # running and enabled: nothing to do
-            started.append(b.then(lambda sv=sv: systemd.service(
-                name=f"Server {sv.name} enabled and running", service=instance(sv.name), running=True, enabled=True)))
+        if not (status.get(unit_name) and enabled.get(unit_name)):  # running and enabled: nothing to do
+            started.append(b.then(lambda sv=sv, unit_name=unit_name: systemd.service(
+                name=f"Server {sv.name} enabled and running", service=unit_name, running=True, enabled=True)))
     b.apply()
 
     # instances the plan no longer has
